@@ -1,0 +1,132 @@
+"""One configuration object per run: every setting, its default and what it means, stated once here.
+
+The command line, the notebooks' parameter cells and the result files all use these names. `validate()` checks
+everything that can be checked without training (names, ranges, paths) so a typo fails in a second, not after
+an hour.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .data import HOMEDEPOT_SCHEMES
+from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
+from .training import TrainSettings
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names it."""
+
+
+@dataclass
+class RunConfig:
+    # data
+    dataset: str = "homedepot"      # homedepot (a train.csv[.gz] file) | wands (a folder) | csv (a user's file)
+    data: str = ""                  # where the data is; "" = the DARL_DATA environment variable
+    scheme: str = "strict"          # Home Depot rating cut-offs: strict (< 2.0, < 2.67) or round (< 1.5, < 2.5)
+    csv_columns: dict = field(default_factory=dict)  # csv: {query, item, label, group, item_id} column names
+    # split (STUDY.md section 3)
+    protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
+    held_out: list = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
+    split_seed: int = 0             # salt of the query hash that assigns parts
+    max_train_pairs: int = 0        # sub-sample train to at most this many pairs (whole queries); 0 = all
+    max_eval_pairs: int = 0         # same for id_val, id_test and ood_test; 0 = all
+    # model
+    backbone: str = "minilm"        # minilm | smollm2 | a local Hugging Face folder | a hub id
+    max_length: int = 64            # tokens per pair (Home Depot pairs average ~25)
+    dropout: float = 0.1            # in the MLP head
+    # training (fine-tuning)
+    epochs: int = 2                 # passes over train; the best epoch on id_val is kept
+    batch_size: int = 32            # per process
+    eval_batch_size: int = 128
+    lr: float = 5e-5                # AdamW peak learning rate, linear warmup then linear decay
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    patience: int = 1               # epochs without id_val gain before stopping
+    seed: int = 0                   # model initialisation and data order
+    # running
+    device: str = "auto"            # auto | cpu | cuda
+    progress: bool = True           # progress bars (switch off for batch runs)
+    out_dir: str = "reports/ft"     # results (JSON per run and results.jsonl) go here
+
+    def data_path(self) -> Path:
+        where = self.data or os.environ.get("DARL_DATA", "")
+        if not where:
+            raise ConfigError("data: no data location; pass --data PATH or set DARL_DATA")
+        return Path(where).expanduser()
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(protocol=self.protocol, held_out=tuple(self.held_out), seed=self.split_seed)
+
+    def train_settings(self) -> TrainSettings:
+        names = {f.name for f in fields(TrainSettings)}
+        return TrainSettings(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def key(self, *names: str) -> str:
+        """A short hash of the named settings (all when none), to name cached artefacts."""
+        d = asdict(self)
+        chosen = {k: d[k] for k in (names or sorted(d))}
+        return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def validate(self) -> "RunConfig":
+        def bad(name, why):
+            raise ConfigError(f"{name}: {getattr(self, name)!r} {why}")
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), _declared_type(f))
+        if self.dataset not in ("homedepot", "wands", "csv"):
+            bad("dataset", "is not one of homedepot, wands, csv")
+        if self.scheme not in HOMEDEPOT_SCHEMES:
+            bad("scheme", f"is not one of {sorted(HOMEDEPOT_SCHEMES)}")
+        if self.protocol not in PROTOCOLS:
+            bad("protocol", f"is not one of {list(PROTOCOLS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", "is not one of auto, cpu, cuda")
+        for name in ("max_train_pairs", "max_eval_pairs", "patience", "split_seed", "seed"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        for name in ("max_length", "epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if not 0 < self.lr < 1:
+            bad("lr", "must be in (0, 1)")
+        for name in ("dropout", "warmup_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(name, "must be in [0, 1)")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "is out of range")
+        path = self.data_path()
+        if not path.exists():
+            raise ConfigError(f"data: {path} does not exist")
+        from .modeling import resolve_backbone, BackboneError
+        try:
+            if self.backbone.lower() != "smollm2":  # smollm2 converts on first use: not a check
+                resolve_backbone(self.backbone)
+        except BackboneError as e:
+            raise ConfigError(str(e)) from None
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        for name in values:
+            if name not in known:
+                near = difflib.get_close_matches(name, known, n=1)
+                raise ConfigError(f"unknown setting {name!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+        return cls(**values)
+
+
+def _declared_type(f) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[f.type]
+
+
+def _check_type(name: str, value, expected: type) -> None:
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} is a {type(value).__name__}, expected {expected.__name__}")

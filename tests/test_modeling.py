@@ -1,0 +1,81 @@
+import torch
+import pytest
+
+from darl_utils.modeling import (BackboneError, Collator, RelevanceModel, encode_pairs, load_backbone, pool,
+                                 resolve_backbone)
+
+QUERIES = ["cordless drill", "white ceiling fan with light 52 in", "pvc elbow"]
+ITEMS = ["DEWALT 20-Volt Cordless Drill", "Hampton Bay 52 in. White Ceiling Fan", "3/4 in. PVC 90 Elbow"]
+
+
+def test_pool_last_token_either_side():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def features_with_padding(folder: str, side: str) -> torch.Tensor:
+    backbone, tokenizer, kind, _ = load_backbone(folder)
+    tokenizer.padding_side = side
+    model = RelevanceModel(backbone, kind).eval()
+    batch = Collator(tokenizer)(encode_pairs(tokenizer, QUERIES, ITEMS, kind, 64))
+    assert (batch["attention_mask"] == 0).any()  # the batch really is padded
+    column = 0 if side == "left" else -1
+    assert (batch["attention_mask"][:, column] == 0).any()  # ... on the side asked for
+    with torch.no_grad():
+        return model.features(**batch)
+
+
+@pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])
+def test_pooling_equal_under_left_and_right_padding(which, request):
+    folder = request.getfixturevalue(which)
+    torch.manual_seed(0)
+    left = features_with_padding(folder, "left")
+    right = features_with_padding(folder, "right")
+    assert torch.allclose(left, right, atol=1e-5), (left - right).abs().max()
+
+
+def test_kind_detected(tiny_encoder, tiny_decoder):
+    assert load_backbone(tiny_encoder)[2] == "encoder"
+    assert load_backbone(tiny_decoder)[2] == "decoder"
+
+
+def test_decoder_prompt_truncation_keeps_the_read_out_token(tiny_decoder):
+    _, tokenizer, kind, _ = load_backbone(tiny_decoder)
+    long_item = "very long product title " * 40
+    ids = encode_pairs(tokenizer, ["drill"], [long_item], kind, 32)[0]["input_ids"]
+    tail = tokenizer("\nRelevance:", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 32 and ids[-len(tail):] == tail
+
+
+def test_missing_model_path_is_clear(tmp_path):
+    with pytest.raises(BackboneError, match="model path does not exist"):
+        resolve_backbone(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="folder has no config.json"):
+        resolve_backbone(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_id_is_clear():
+    # HF_HUB_OFFLINE=1 in the tests: the same path as a machine without internet, minus the retries
+    with pytest.raises(BackboneError, match="could not be fetched from the Hugging Face hub"):
+        load_backbone("someone/not-a-cached-model")
+
+
+def test_real_minilm_loads_and_means_something(minilm_dir):
+    backbone, tokenizer, kind, where = load_backbone("minilm")
+    assert kind == "encoder" and backbone.config.hidden_size == 384
+    assert sum(p.numel() for p in backbone.parameters()) > 22_000_000
+    model = RelevanceModel(backbone, kind).eval()
+    texts = ["cordless power drill", "battery drill driver", "bath towel"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        feats = model.features(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        logits = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    assert feats.shape == (3, 384) and logits.shape == (3, 3) and torch.isfinite(logits).all()
+    sim = torch.nn.functional.cosine_similarity
+    # pretrained weights, not random ones: related products are closer than unrelated ones
+    assert sim(feats[0], feats[1], dim=0) > sim(feats[0], feats[2], dim=0) + 0.2

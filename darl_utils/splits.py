@@ -229,6 +229,11 @@ def make_split(pairs: pd.DataFrame, config: SplitConfig | None = None, dataset: 
             leak = parts[name]["item_id"].isin(train_items)
             dropped[name] = int(leak.sum())
             parts[name] = parts[name][~leak].reset_index(drop=True)
+    for name in ("train", "id_val", "id_test", "ood_test"):
+        if parts[name].empty:
+            raise DataError(f"split: part {name!r} is empty under protocol {config.protocol!r} "
+                            f"({int(is_ood.sum())} of {len(pairs)} pairs are OOD); too little data or a "
+                            f"protocol that marks (almost) every query the same")
     return Split(parts, config, int(pairs.loc[is_ood.to_numpy(), "query"].nunique()), held, dropped)
 
 

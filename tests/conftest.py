@@ -56,7 +56,7 @@ def tiny_decoder(tmp_path_factory, minilm_dir) -> str:
 COLOURS = {"red": "strong", "blue": "weak", "green": "irrelevant"}
 
 
-def synthetic_pairs(n_queries: int = 120, per_query: int = 4, seed: int = 0) -> pd.DataFrame:
+def synthetic_pairs(n_queries: int = 180, per_query: int = 4, seed: int = 0) -> pd.DataFrame:
     """Pairs whose degree is told by a colour word in the item: learnable by a tiny model in seconds.
     A third of the queries carry a digit (OOD under query_form); groups alternate for the department protocol."""
     rng = random.Random(seed)
@@ -64,7 +64,8 @@ def synthetic_pairs(n_queries: int = 120, per_query: int = 4, seed: int = 0) -> 
     rows = []
     for q in range(n_queries):
         noun = rng.choice(nouns)
-        query = f"{noun} {rng.choice(['cheap', 'large', 'small', 'modern', 'white'])} q{q:03d}"
+        tag = "".join("abcdefghij"[int(d)] for d in f"{q:03d}")  # distinct queries, no digits
+        query = f"{noun} {rng.choice(['cheap', 'large', 'small', 'modern', 'white'])} {tag}"
         if q % 3 == 0:
             query += f" {rng.randint(2, 48)} in"
         for j in range(per_query):

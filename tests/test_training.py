@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_model
+
+from darl_utils.__main__ import main as cli
+from darl_utils.config import ConfigError, RunConfig
+from darl_utils.modeling import RelevanceModel, load_backbone
+from darl_utils.pipeline import encode, prepare_split, run_ft, sized_parts
+from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data: Path, backbone: str, out: Path, **kw) -> RunConfig:
+    settings = dict(dataset="csv", data=str(data), csv_columns={"group": "group"}, protocol="query_form",
+                    backbone=backbone, max_length=32, epochs=6, batch_size=16, lr=2e-3, warmup_ratio=0.0,
+                    patience=6, progress=False, out_dir=str(out), device="cpu")
+    settings.update(kw)
+    return RunConfig(**settings)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])
+def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
+    cfg = tiny_config(pairs_csv, request.getfixturevalue(which), tmp_path / "out")
+    result = run_ft(cfg)
+    assert result["world_size"] == 1 and result["config"]["backbone"] == cfg.backbone
+    assert sum(result["sizes"].values()) > 300  # a few hundred pairs
+    for part in ("id_test", "ood_test"):
+        m = result[part]
+        assert set(m) == {"n", "macro_f1", "f1_per_degree", "accuracy", "confusion"}
+        assert np.array(m["confusion"]).sum() == m["n"] == result["sizes"][part]
+    # the colour word decides the degree: a working loop learns it, a broken one stays near chance (1/3)
+    assert result["id_test"]["macro_f1"] > 0.6, result["fit"]
+    history = result["fit"]["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # results on disk: one JSON per run, one line per run
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["id_test"] == result["id_test"]
+    assert json.loads((tmp_path / "out" / "ft-query_form-seed0.json").read_text())["ood_test"] == result["ood_test"]
+    # the safetensors checkpoint gives back the same predictions
+    backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
+    model = RelevanceModel(backbone, kind)
+    load_model(model, str(Path(result["checkpoint"]) / "model.safetensors"))
+    parts = sized_parts(prepare_split(cfg), cfg)
+    data = encode(parts["id_test"], tokenizer, kind, cfg.max_length)
+    pred = predict_logits(model, data, tokenizer, 64, Runtime()).argmax(1)
+    assert (pred == np.array(data.labels)).mean() == pytest.approx(result["id_test"]["accuracy"])
+
+
+def test_same_seed_same_result(pairs_csv, tiny_encoder, tmp_path):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
+    a, b = run_ft(cfg), run_ft(cfg)
+    assert a["id_test"] == b["id_test"] and a["param_checksums"] == b["param_checksums"]
+
+
+def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):
+    """The distributed path: 2 CPU processes under torchrun, gradients averaged by DDP over gloo."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "darl_utils", "ft", "--dataset", "csv", "--data", str(pairs_csv), "--csv-columns",
+           '{"group": "group"}', "--backbone", tiny_encoder, "--max-length", "32", "--epochs", "2",
+           "--batch-size", "8", "--lr", "2e-3", "--device", "cpu", "--no-progress", "--out-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DARL_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "ft-query_form-seed0.json").read_text())
+    assert result["world_size"] == 2
+    a, b = result["param_checksums"]
+    assert a == b  # both processes hold the same weights after training: gradients were synchronised
+    # each process saw half of the training batches
+    assert result["fit"]["steps_per_epoch"] == -(-result["sizes"]["train"] // (2 * 8))
+    assert "ID macro-F1" in run.stdout
+
+
+def test_out_of_memory_is_explained(tiny_encoder, pairs_csv):
+    backbone, tokenizer, kind, _ = load_backbone(tiny_encoder)
+
+    class Exploding(RelevanceModel):
+        def forward(self, *a, **k):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    model = Exploding(backbone, kind)
+    data = Encoded([{"input_ids": [101, 7592, 102], "attention_mask": [1, 1, 1]}] * 4, [0, 1, 2, 0])
+    with pytest.raises(RuntimeError, match=r"out of memory on cpu at batch size 2: lower batch_size or max_length"):
+        train_model(model, data, data, tokenizer, TrainSettings(epochs=1, batch_size=2, progress=False), Runtime())
+
+
+def test_config_typo_and_range_fail_fast(pairs_csv):
+    with pytest.raises(ConfigError, match=r"unknown setting 'learning_rate'"):
+        RunConfig.from_dict({"learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match=r"unknown setting 'epocs'; did you mean 'epochs'\?"):
+        RunConfig.from_dict({"epocs": 3})
+    good = RunConfig(dataset="csv", data=str(pairs_csv))
+    with pytest.raises(ConfigError, match=r"lr: 2.0 must be in \(0, 1\)"):
+        replace(good, lr=2.0).validate()
+    with pytest.raises(ConfigError, match=r"epochs: '3' is a str, expected int"):
+        replace(good, epochs="3").validate()
+    with pytest.raises(ConfigError, match=r"protocol: 'dept' is not one of"):
+        replace(good, protocol="dept").validate()
+    with pytest.raises(ConfigError, match=r"data: .*nowhere.csv does not exist"):
+        replace(good, data="nowhere.csv").validate()
+    with pytest.raises(ConfigError, match=r"backbone './missing-model': model path does not exist"):
+        replace(good, backbone="./missing-model").validate()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert cli(["ft", "--data", str(tmp_path / "absent.csv.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data:") and "absent.csv.gz does not exist" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("query,item,label\na,b,strong\nc,d,sort of\n")
+    assert cli(["split", "--dataset", "csv", "--data", str(bad)]) == 2
+    assert "row 3: unknown label 'sort of'" in capsys.readouterr().err

@@ -44,6 +44,7 @@ class RunConfig:
     batch_size: int = 32            # per process
     eval_batch_size: int = 128
     lr: float = 5e-5                # AdamW peak learning rate, linear warmup then linear decay
+    head_lr: float = 1e-3           # peak learning rate of the fresh MLP head (0 = lr): it starts from random
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -94,6 +95,8 @@ class RunConfig:
                 bad(name, "must be >= 1")
         if not 0 < self.lr < 1:
             bad("lr", "must be in (0, 1)")
+        if not 0 <= self.head_lr < 1:
+            bad("head_lr", "must be in [0, 1)")
         for name in ("dropout", "warmup_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 bad(name, "must be in [0, 1)")

@@ -109,12 +109,27 @@ class TrainSettings:
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 5e-5
+    head_lr: float = 0.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     patience: int = 1
     seed: int = 0
     progress: bool = True
+
+
+def parameter_groups(model, settings: "TrainSettings") -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; the fresh head may take a larger learning rate."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = name.startswith("head.")
+        key = (head, p.ndim >= 2)
+        groups.setdefault(key, {"params": [], "weight_decay": settings.weight_decay if p.ndim >= 2 else 0.0,
+                                "lr": (settings.head_lr or settings.lr) if head else settings.lr})
+        groups[key]["params"].append(p)
+    return list(groups.values())
 
 
 def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
@@ -146,10 +161,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     loader = DataLoader(train, batch_size=settings.batch_size, sampler=sampler, collate_fn=Collator(tokenizer),
                         pin_memory=runtime.device.type == "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norms
-    rest = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=settings.lr,
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings), lr=settings.lr,
                                   fused=runtime.device.type == "cuda")
     total = settings.epochs * len(loader)
     scheduler = linear_schedule(optimizer, total, settings.warmup_ratio)

@@ -1,0 +1,47 @@
+"""Running the study's notebooks with papermill, parameters checked against each notebook's own cell first.
+
+papermill only warns about a parameter the notebook does not declare (a typo would run with the default); here
+an unknown name or a value of the wrong type stops before the kernel starts.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+from pathlib import Path
+
+from .config import ConfigError
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def declared_parameters(notebook: str | Path) -> dict:
+    """name -> default value, read from the cell tagged `parameters`."""
+    import papermill
+    found = papermill.inspect_notebook(str(notebook))
+    return {name: ast.literal_eval(p["default"]) for name, p in found.items()}
+
+
+def check_parameters(notebook: str | Path, parameters: dict) -> None:
+    declared = declared_parameters(notebook)
+    for name, value in parameters.items():
+        if name not in declared:
+            near = difflib.get_close_matches(name, declared, n=1)
+            raise ConfigError(f"{Path(notebook).name}: unknown parameter {name!r}"
+                              + (f"; did you mean {near[0]!r}?" if near else f"; it takes {sorted(declared)}"))
+        expected = type(declared[name])
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{Path(notebook).name}: parameter {name!r} = {value!r} is a "
+                              f"{type(value).__name__}, expected {expected.__name__}")
+
+
+def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | None = None,
+                 cwd: str | Path | None = None, progress: bool = True):
+    """Check the parameters, then execute with papermill (kernel `python3`); returns the executed notebook."""
+    import papermill
+    parameters = parameters or {}
+    check_parameters(notebook, parameters)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    return papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                      cwd=str(cwd or NOTEBOOKS.parent), progress_bar=progress)

@@ -98,7 +98,7 @@ def plot_protocol_gaps(results: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(data=long, x="protocol", y="macro-F1", hue="test set", errorbar=None, alpha=0.6, ax=ax)
     sns.stripplot(data=long, x="protocol", y="macro-F1", hue="test set", dodge=True, legend=False, ax=ax,
-                  color="black", size=4)
+                  palette="dark:black", size=4)
     low = np.floor(long["macro-F1"].min() * 20) / 20 - 0.05
     ax.set_ylim(max(0.0, low), None)
     ax.set_title("FT baseline: macro-F1 in and out of distribution, per protocol (dots = seeds)")

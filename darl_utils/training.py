@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: batch runs and papermill logs read them as text
 
 from .metrics import classification_metrics
 from .modeling import Collator

@@ -18,6 +18,9 @@ from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
 from .training import TrainSettings
 
 
+CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
+
+
 class ConfigError(ValueError):
     """A bad setting; the message names it."""
 
@@ -28,7 +31,7 @@ class RunConfig:
     dataset: str = "homedepot"      # homedepot (a train.csv[.gz] file) | wands (a folder) | csv (a user's file)
     data: str = ""                  # where the data is; "" = the DARL_DATA environment variable
     scheme: str = "strict"          # Home Depot rating cut-offs: strict (< 2.0, < 2.67) or round (< 1.5, < 2.5)
-    csv_columns: dict = field(default_factory=dict)  # csv: {query, item, label, group, item_id} column names
+    csv_columns: dict = field(default_factory=dict)  # csv: column names {query, item, label, group, item_id}, sep, encoding
     # split (STUDY.md section 3)
     protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
     held_out: list = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
@@ -102,8 +105,11 @@ class RunConfig:
                 bad(name, "must be in [0, 1)")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "is out of range")
+        unknown = set(self.csv_columns) - CSV_OPTIONS
+        if unknown:
+            bad("csv_columns", f"has unknown key(s) {sorted(unknown)}; expected some of {sorted(CSV_OPTIONS)}")
         path = self.data_path()
-        if not path.exists():
+        if not path.exists() and self.dataset != "wands":  # WANDS downloads into a missing folder
             raise ConfigError(f"data: {path} does not exist")
         from .modeling import resolve_backbone, BackboneError
         try:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict
@@ -65,9 +66,12 @@ def evaluate(model, parts: dict, tokenizer, kind: str, cfg: RunConfig, runtime) 
 
 
 def environment() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
-            "cpu_threads": torch.get_num_threads()}
+    """What a reader needs to place a timing or a figure: the machine and the versions."""
+    import transformers
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": gpu or f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "cuda": torch.version.cuda,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
 
 
 def run_ft(cfg: RunConfig) -> dict:

@@ -112,6 +112,8 @@ def test_config_typo_and_range_fail_fast(pairs_csv):
         replace(good, protocol="dept").validate()
     with pytest.raises(ConfigError, match=r"data: .*nowhere.csv does not exist"):
         replace(good, data="nowhere.csv").validate()
+    with pytest.raises(ConfigError, match=r"csv_columns: .* unknown key\(s\) \['qeury'\]"):
+        replace(good, csv_columns={"qeury": "q"}).validate()
     with pytest.raises(ConfigError, match=r"backbone './missing-model': model path does not exist"):
         replace(good, backbone="./missing-model").validate()
 

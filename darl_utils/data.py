@@ -112,16 +112,32 @@ def _dedupe(df: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]:
     return df, before - len(df)
 
 
+def _merge_cleaned_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Pairs that became one only through cleaning ("fence  mesh" / "fence mesh"): two ratings of different
+    raw queries. Same label: keep one. Different labels: no single gold degree, drop all. Both are counted."""
+    key = ["query", "item_id"]
+    dup = df.duplicated(key, keep=False)
+    if not dup.any():
+        return df, 0, 0
+    conflicting = dup & (df.groupby(key)["label"].transform("nunique") > 1)
+    df = df[~conflicting]
+    before = len(df)
+    df = df.drop_duplicates(key, keep="first")
+    return df, before - len(df), int(conflicting.sum())
+
+
 def _finish(df: pd.DataFrame, path: Path, dropped: dict | None = None) -> Pairs:
     dropped = dict(dropped or {})
-    for column in ("query", "item"):
+    for column in ("query", "item", "item_id"):
         _check_text(df, column, path)
-    # Duplicates are judged on the text as written: "fence  mesh" and "fence mesh" are two rated queries.
-    df, n = _dedupe(df, path)
-    dropped["duplicate_pair_same_label"] = n
+    # Duplicates in the file as written: same label dropped, conflicting labels refused.
+    df, dropped["duplicate_pair_same_label"] = _dedupe(df, path)
     for column in ("query", "item"):
         df[column] = _clean_text(df[column])
         _check_text(df, column, path)
+    df, same, conflicting = _merge_cleaned_duplicates(df)
+    dropped["same_after_cleaning_same_label"] = same
+    dropped["same_after_cleaning_conflicting_labels"] = conflicting
     df = df[COLUMNS].reset_index(drop=True)
     df["label"] = df["label"].astype(np.int64)
     df["row"] = df["row"].astype(np.int64)

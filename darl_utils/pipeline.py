@@ -39,10 +39,10 @@ def prepare_split(cfg: RunConfig) -> Split:
     pairs = load_data(cfg)
     split = make_split(pairs.frame, cfg.split_config(), cfg.dataset)
     split.load_dropped = pairs.dropped
-    where = cache_dir() / "splits" / f"{cfg.dataset}-{cfg.protocol}-{cfg.key('dataset', 'data', 'scheme', 'csv_columns', 'protocol', 'held_out', 'split_seed')}"
-    if not (where / "split.json").exists():
-        split.save(where)
-    split.directory = where
+    key = cfg.key("dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed")
+    split.directory = cache_dir() / "splits" / f"{cfg.dataset}-{cfg.protocol}-{key}"
+    if not (split.directory / "split.json").exists():
+        split.save(split.directory)
     return split
 
 

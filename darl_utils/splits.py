@@ -140,7 +140,7 @@ class SplitConfig:
     id_fractions: tuple = (0.6, 0.1, 0.15, 0.15)  # train, id_val, id_test, pool_id shares of ID queries
     ood_test_fraction: float = 0.5        # ood_test share of OOD queries; the rest is pool_ood
     seed: int = 0                         # salt of the query hash
-    drop_leakage: bool = True             # drop OOD pairs whose item is also in train
+    drop_leakage: bool = True             # drop OOD pairs whose item (id or title) is also in train
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -224,9 +224,10 @@ def make_split(pairs: pd.DataFrame, config: SplitConfig | None = None, dataset: 
     parts = {name: pairs[part == name].reset_index(drop=True) for name in PARTS}
     dropped = {}
     if config.drop_leakage:
-        train_items = set(parts["train"]["item_id"])
+        # The same product can carry several ids (Home Depot: 902 titles under more than one uid): match both.
+        train_ids, train_titles = set(parts["train"]["item_id"]), set(parts["train"]["item"].str.lower())
         for name in OOD_PARTS:
-            leak = parts[name]["item_id"].isin(train_items)
+            leak = parts[name]["item_id"].isin(train_ids) | parts[name]["item"].str.lower().isin(train_titles)
             dropped[name] = int(leak.sum())
             parts[name] = parts[name][~leak].reset_index(drop=True)
     for name in ("train", "id_val", "id_test", "ood_test"):

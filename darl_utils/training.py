@@ -7,7 +7,6 @@ they take the same early-stopping decision without talking to each other.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -217,7 +216,3 @@ def gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def copy_model(model):
-    return copy.deepcopy(getattr(model, "module", model))

@@ -21,11 +21,15 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 def test_homedepot_real_file(homedepot_path):
     pairs = load_homedepot(homedepot_path)
     df = pairs.frame
-    assert len(df) == 74067 and pairs.dropped == {"duplicate_pair_same_label": 0}
+    # 74,067 rows; after whitespace and HTML clean-up 9 rows repeat a (query, product) pair: one with the same
+    # label (kept once), four pairs with different labels (all 8 rows dropped). Everything dropped is counted.
+    assert len(df) == 74058 and pairs.dropped == {"duplicate_pair_same_label": 0, "same_after_cleaning_same_label": 1,
+                                                  "same_after_cleaning_conflicting_labels": 8}
     shares = df["label"].value_counts(normalize=True).sort_index().round(3).tolist()
     assert shares == [0.161, 0.376, 0.464]  # strict scheme: irrelevant, weak, strong (STUDY.md section 2)
     assert not df["item"].str.contains("&#39;|&amp;").any()  # HTML entities unescaped
     assert df["row"].min() == 2 and df["row"].max() == 74068
+    assert not df.duplicated(["query", "item_id"]).any()
 
 
 def test_homedepot_round_scheme(homedepot_path):

@@ -64,7 +64,7 @@ def test_data_notebook_runs_on_home_depot(tmp_path, homedepot_path, pairs_csv, t
     nb = run_notebook(NB01, tmp_path / "01.ipynb", {"data": str(homedepot_path), "gap_results": str(gap),
                                                       "protocol": "unseen_words"}, progress=False)
     text = outputs_text(nb)
-    assert "74,067 pairs, 11,793 queries" in text
+    assert "74,058 pairs, 11,793 queries" in text
     assert "protocol 'unseen_words'" in text and "ood_test" in text
     assert "largest mean gap:" in text and f"default protocol: {DEFAULT_PROTOCOL}" in text
     assert any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", []))

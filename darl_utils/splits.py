@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,14 +180,19 @@ class Split:
         return pd.DataFrame(rows).set_index("part")
 
     def save(self, directory: str | Path) -> Path:
+        """Parts as CSV, the summary and the settings; written aside, then moved in whole."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory.with_name(f"{directory.name}.part{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
         for name, df in self.parts.items():
-            df.to_csv(directory / f"{name}.csv.gz", index=False)
-        self.summary().to_csv(directory / "summary.csv")
+            df.to_csv(tmp / f"{name}.csv.gz", index=False)
+        self.summary().to_csv(tmp / "summary.csv")
         meta = {"config": asdict(self.config), "held_out": self.held_out, "ood_queries": self.ood_queries,
-                "leakage_dropped": self.leakage_dropped}
-        (directory / "split.json").write_text(json.dumps(meta, indent=2, default=str))
+                "leakage_dropped": self.leakage_dropped, "load_dropped": self.load_dropped}
+        (tmp / "split.json").write_text(json.dumps(meta, indent=2, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.replace(directory)
         return directory
 
 

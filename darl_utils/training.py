@@ -190,7 +190,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         val_pred = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime).argmax(1)
-        val_f1 = classification_metrics(val.labels, val_pred)["macro_f1"]
+        val_f1 = broadcast(classification_metrics(val.labels, val_pred)["macro_f1"])  # one decision for all
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
         if val_f1 > best:
             best, waited = val_f1, 0
@@ -207,6 +207,15 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
 def parameter_checksum(model) -> float:
     """A number that differs when any weight differs (used to prove DDP kept processes in step)."""
     return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+def broadcast(obj):
+    """Process 0's `obj` on every process (so they cannot take different branches)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather(obj) -> list:

@@ -67,6 +67,15 @@ def test_homedepot_gzip_and_empty_text(tmp_path):
         load_homedepot(path)
 
 
+def test_broken_gzip_and_folder(tmp_path):
+    path = tmp_path / "hd.csv.gz"
+    path.write_bytes(gzip.compress((HD_HEADER + '1,100,"Drill","drill",3\n').encode())[:30])  # cut short
+    with pytest.raises(DataError, match=r"hd.csv.gz: cannot be read \((EOFError|BadGzipFile|error)"):
+        load_homedepot(path)
+    with pytest.raises(DataError, match=r": is a folder; expected a file"):
+        load_homedepot(tmp_path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.csv: file not found"):
         load_homedepot(tmp_path / "nope.csv")
@@ -81,6 +90,16 @@ def test_csv_names_columns_and_maps_labels(tmp_path):
     assert pairs.frame["label"].tolist() == [2, 1, 2]
     assert pairs.frame["group"].tolist() == ["light", "light", "tools"]
     assert pairs.frame["item_id"].tolist() == ["Red Lamp", "Blue Lamp", "Hand Saw"]
+
+
+def test_csv_bad_label_map_and_encoding(tmp_path):
+    path = write(tmp_path / "mine.csv", "query,item,label\na,b,great\n")
+    with pytest.raises(DataError, match=r"label_map: 'great' -> 7; a label maps to one of"):
+        load_csv(path, label_map={"great": 7})
+    with pytest.raises(DataError, match=r"label_map: 'great' -> 'superb'"):
+        load_csv(path, label_map={"great": "superb"})
+    with pytest.raises(DataError, match=r"mine.csv: unknown encoding 'utf-9'"):
+        load_csv(path, encoding="utf-9")
 
 
 def test_csv_unknown_label_names_row(tmp_path):

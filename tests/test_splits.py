@@ -47,6 +47,15 @@ def test_split_deterministic_disjoint_and_leak_free(homedepot, protocol):
     assert 0.4 < shares["train"] < 0.55 and shares["ood_test"] > 0.05
 
 
+def test_split_sizes_pinned(homedepot):
+    # Fixed by sha1 of the query text: the same on every machine and in every process (PYTHONHASHSEED-proof).
+    s = make_split(homedepot, SplitConfig(protocol="query_form"), "homedepot")
+    assert s.summary()["pairs"].to_dict() == {"train": 33473, "id_val": 5590, "id_test": 8395, "pool_id": 8344,
+                                              "ood_test": 6768, "pool_ood": 7296}
+    assert s.summary().loc["train", "queries"] == 5193
+    assert s.leakage_dropped == {"ood_test": 2037, "pool_ood": 2155}
+
+
 def test_split_seed_changes_parts(homedepot):
     a = make_split(homedepot, SplitConfig(seed=0), "homedepot")
     b = make_split(homedepot, SplitConfig(seed=1), "homedepot")

@@ -49,7 +49,8 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     # results on disk: one JSON per run, one line per run
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["id_test"] == result["id_test"]
-    assert json.loads((tmp_path / "out" / "ft-query_form-seed0.json").read_text())["ood_test"] == result["ood_test"]
+    [saved] = (tmp_path / "out").glob("ft-query_form-seed0-*.json")
+    assert json.loads(saved.read_text())["ood_test"] == result["ood_test"]
     # the safetensors checkpoint gives back the same predictions
     backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
     model = RelevanceModel(backbone, kind)
@@ -69,14 +70,15 @@ def test_same_seed_same_result(pairs_csv, tiny_encoder, tmp_path):
 def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):
     """The distributed path: 2 CPU processes under torchrun, gradients averaged by DDP over gloo."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "darl_utils", "ft", "--dataset", "csv", "--data", str(pairs_csv), "--csv-columns",
            '{"group": "group"}', "--backbone", tiny_encoder, "--max-length", "32", "--epochs", "2",
            "--batch-size", "8", "--lr", "2e-3", "--device", "cpu", "--no-progress", "--out-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DARL_CACHE": str(tmp_path / "cache")}
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((out / "ft-query_form-seed0.json").read_text())
+    [saved] = out.glob("ft-query_form-seed0-*.json")
+    result = json.loads(saved.read_text())
     assert result["world_size"] == 2
     a, b = result["param_checksums"]
     assert a == b  # both processes hold the same weights after training: gradients were synchronised
@@ -114,6 +116,13 @@ def test_config_typo_and_range_fail_fast(pairs_csv):
         replace(good, data="nowhere.csv").validate()
     with pytest.raises(ConfigError, match=r"csv_columns: .* unknown key\(s\) \['qeury'\]"):
         replace(good, csv_columns={"qeury": "q"}).validate()
+    with pytest.raises(ConfigError, match=r"max_length: 4 must be in \[16, 4096\]"):
+        replace(good, max_length=4).validate()
+    with pytest.raises(ConfigError, match=r"data: .* is a file; dataset 'wands' reads a folder"):
+        replace(good, dataset="wands").validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device: 'cuda' asked for, but torch sees no CUDA GPU"):
+            replace(good, device="cuda").validate()
     with pytest.raises(ConfigError, match=r"backbone './missing-model': model path does not exist"):
         replace(good, backbone="./missing-model").validate()
 

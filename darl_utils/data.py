@@ -4,8 +4,8 @@ Every loader returns a `Pairs`: one frame with the columns
 
     query, item, label (0 irrelevant, 1 weak, 2 strong), item_id, group (or None), row
 
-where `row` is the line of the source file the pair came from (the header is line 1), so that any later
-error can point at it. Bad input raises `DataError` naming the file, the row and the problem; whatever a
+where `row` is the record of the source file the pair came from (the header is row 1; a quoted line break
+inside a field does not start a new row), so that any later error can point at it. Bad input raises `DataError` naming the file, the row and the problem; whatever a
 loader drops by design (exact duplicate pairs) is counted in `Pairs.dropped`.
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _finish(df: pd.DataFrame, path: Path, dropped: dict | None = None) -> Pairs:
 
 def _number_rows(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df["row"] = np.arange(2, len(df) + 2)  # line numbers in the file; the header is line 1
+    df["row"] = np.arange(2, len(df) + 2)  # record numbers; the header is row 1
     return df
 
 

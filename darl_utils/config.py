@@ -51,7 +51,7 @@ class RunConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    patience: int = 1               # epochs without id_val gain before stopping
+    patience: int = 1               # stop after this many epochs without id_val gain (0 = never stop early)
     seed: int = 0                   # model initialisation and data order
     # running
     device: str = "auto"            # auto | cpu | cuda

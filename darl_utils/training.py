@@ -197,7 +197,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             waited += 1
-            if waited > settings.patience:
+            if settings.patience and waited >= settings.patience:
                 break
     bar.close()
     model.load_state_dict(best_state)

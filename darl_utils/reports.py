@@ -19,7 +19,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            rows.append({"run_key": r.get("run_key"), "method": r["method"], **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
+            # older lines carry no run_key: the settings themselves identify the run
+            key = r.get("run_key") or json.dumps([r["method"], r["config"]], sort_keys=True)
+            rows.append({"run_key": key, "method": r["method"], **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
                          "id_macro_f1": r["id_test"]["macro_f1"], "ood_macro_f1": r["ood_test"]["macro_f1"],
                          "gap": r["id_test"]["macro_f1"] - r["ood_test"]["macro_f1"],
                          **{f"ood_f1_{d}": r["ood_test"]["f1_per_degree"][d] for d in DEGREES},

@@ -150,9 +150,13 @@ def _declared_type(f) -> type:
     return {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[f.type]
 
 
+def type_matches(value, expected: type) -> bool:
+    """isinstance, except that a bool is no int and an int will do for a float."""
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, expected) or (expected is float and isinstance(value, int))
+
+
 def _check_type(name: str, value, expected: type) -> None:
-    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
+    if not type_matches(value, expected):
         raise ConfigError(f"{name}: {value!r} is a {type(value).__name__}, expected {expected.__name__}")

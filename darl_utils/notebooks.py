@@ -9,7 +9,7 @@ import ast
 import difflib
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, type_matches
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -29,9 +29,7 @@ def check_parameters(notebook: str | Path, parameters: dict) -> None:
             raise ConfigError(f"{Path(notebook).name}: unknown parameter {name!r}"
                               + (f"; did you mean {near[0]!r}?" if near else f"; it takes {sorted(declared)}"))
         expected = type(declared[name])
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
+        if not type_matches(value, expected):
             raise ConfigError(f"{Path(notebook).name}: parameter {name!r} = {value!r} is a "
                               f"{type(value).__name__}, expected {expected.__name__}")
 

@@ -1,6 +1,8 @@
 """Command line: `python -m darl_utils COMMAND [--setting value ...]` (also installed as `darl-study`).
 
     darl-study ft --data train.csv.gz                 # FT baseline: prints and saves ID/OOD macro-F1
+    darl-study ft --data ... --occ-lambda 0.5         # FT+OCC (add --occ-direction forward: label smoothing)
+    darl-study lpft --data ...                        # LP, LPFT and the alpha sweep; alpha* on id_val
     darl-study split --data train.csv.gz              # build and save the split, print its summary
     darl-study protocol-gap --data ... --seeds 0 1 2  # FT under every protocol: which has the largest gap
     torchrun --nproc_per_node 2 -m darl_utils ft ...  # several GPUs (or CPU processes, gloo)
@@ -16,7 +18,7 @@ import re
 import sys
 from dataclasses import MISSING, fields, replace
 
-from .config import ConfigError, RunConfig, _declared_type
+from .config import ConfigError, RunConfig, _declared_type, item_type
 from .data import DataError
 from .modeling import BackboneError
 from .splits import PROTOCOLS
@@ -33,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darl-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {"ft": "fine-tune and evaluate the FT baseline", "split": "build, save and summarise the split",
+    commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC, or FT+LS when forward)",
+                "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation", "split": "build, save and summarise the split",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
             if kind is bool:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
             elif kind in (dict, list):
-                p.add_argument(flag, type=json.loads if kind is dict else str, nargs=None if kind is dict else "*",
+                p.add_argument(flag, type=json.loads if kind is dict else item_type(f), nargs=None if kind is dict else "*",
                                default=default, help=helps.get(f.name))
             else:
                 p.add_argument(flag, type=kind, default=default, help=f"{helps.get(f.name, '')} (default: {default})")
@@ -65,8 +68,8 @@ def main(argv=None) -> int:
             split = pipeline.prepare_split(cfg)
             print(split.summary().to_string())
             print(f"held out: {split.held_out or '-'}; saved in {split.directory}")
-        elif command == "ft":
-            result = pipeline.run_ft(cfg)
+        elif command in ("ft", "lpft"):
+            result = (pipeline.run_ft if command == "ft" else pipeline.run_lpft)(cfg)
             if result:
                 print(pipeline.summary_line(result))
         else:

@@ -18,6 +18,7 @@ from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
 from .training import TrainSettings
 
 
+RUNNING = ("progress", "reuse", "out_dir", "eval_batch_size")  # change how a run goes, not its result
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
 
 
@@ -34,7 +35,7 @@ class RunConfig:
     csv_columns: dict = field(default_factory=dict)  # csv: column names {query, item, label, group, item_id}, sep, encoding
     # split (STUDY.md section 3)
     protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
-    held_out: list = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
+    held_out: list[str] = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
     split_seed: int = 0             # salt of the query hash that assigns parts
     max_train_pairs: int = 0        # sub-sample train to at most this many pairs (whole queries); 0 = all
     max_eval_pairs: int = 0         # same for id_val, id_test and ood_test; 0 = all
@@ -53,9 +54,22 @@ class RunConfig:
     max_grad_norm: float = 1.0
     patience: int = 1               # stop after this many epochs without id_val gain (0 = never stop early)
     seed: int = 0                   # model initialisation and data order
+    # LP and LPFT (STUDY.md section 5): the head trained on cached features of the frozen backbone
+    lp_epochs: int = 100            # LP: at most this many passes over the cached train features
+    lp_lr: float = 1e-3             # LP: AdamW learning rate of the head
+    lp_batch_size: int = 256        # LP: batch of feature vectors
+    lp_patience: int = 10           # LP: stop after this many epochs without id_val gain
+    alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: interpolation coefficients evaluated (alpha* chosen on id_val)
+    # OCC (STUDY.md section 5): loss = CE + occ_lambda * KL(p || q_rho)
+    occ_lambda: float = 0.0         # weight of the KL term; 0 = plain cross-entropy (DaRL uses 0.5)
+    occ_rho: float = 0.1            # prior mass moved off the gold degree, in [0, 1)
+    occ_prior: str = "ordinal"      # ordinal (spread by closeness on the degree scale) | uniform
+    occ_direction: str = "reverse"  # reverse = KL(p || q), OCC | forward = KL(q || p), label smoothing
+    occ_stage: str = "ft"           # where LPFT uses the OCC loss: lp | ft | both (plain FT uses it unless lp)
     # running
     device: str = "auto"            # auto | cpu | cuda
     progress: bool = True           # progress bars (switch off for batch runs)
+    reuse: bool = True              # take a finished run of the same settings from the cache, not train again
     out_dir: str = "reports/ft"     # results (JSON per run and results.jsonl) go here
 
     def data_path(self) -> Path:
@@ -71,10 +85,12 @@ class RunConfig:
         names = {f.name for f in fields(TrainSettings)}
         return TrainSettings(**{k: v for k, v in asdict(self).items() if k in names})
 
-    def key(self, *names: str, extra: str = "") -> str:
-        """A short hash of the named settings (all when none) and `extra`, to name cached artefacts."""
+    def key(self, *names: str, extra: str = "", exclude: tuple = ()) -> str:
+        """A short hash of the named settings (when none: all but those that only steer the running, and
+        `exclude`) and `extra`, to name cached artefacts and runs."""
         d = asdict(self)
-        chosen = {**{k: d[k] for k in (names or sorted(d))}, "extra": extra}
+        names = names or tuple(k for k in sorted(d) if k not in RUNNING + tuple(exclude))
+        chosen = {**{k: d[k] for k in names}, "extra": extra}
         return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def validate(self) -> "RunConfig":
@@ -82,6 +98,9 @@ class RunConfig:
             raise ConfigError(f"{name}: {getattr(self, name)!r} {why}")
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _declared_type(f))
+            if _declared_type(f) is list:
+                for v in getattr(self, f.name):
+                    _check_type(f.name, v, item_type(f))
         if self.dataset not in ("homedepot", "wands", "csv"):
             bad("dataset", "is not one of homedepot, wands, csv")
         if self.scheme not in HOMEDEPOT_SCHEMES:
@@ -107,6 +126,20 @@ class RunConfig:
                 bad(name, "must be in [0, 1)")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "is out of range")
+        if self.lp_epochs < 1 or self.lp_batch_size < 1 or self.lp_patience < 0:
+            bad("lp_epochs" if self.lp_epochs < 1 else "lp_batch_size" if self.lp_batch_size < 1 else "lp_patience",
+                "is out of range")
+        if not 0 < self.lp_lr < 1:
+            bad("lp_lr", "must be in (0, 1)")
+        if not self.alphas or not all(0 <= a <= 1 for a in self.alphas) or len(set(self.alphas)) < len(self.alphas):
+            bad("alphas", "must be a non-empty list of distinct values in [0, 1]")
+        if self.occ_stage not in ("lp", "ft", "both"):
+            bad("occ_stage", "is not one of lp, ft, both")
+        from .losses import check_occ
+        try:
+            check_occ(self.occ_lambda, self.occ_rho, self.occ_prior, self.occ_direction)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         unknown = set(self.csv_columns) - CSV_OPTIONS
         if unknown:
             bad("csv_columns", f"has unknown key(s) {sorted(unknown)}; expected some of {sorted(CSV_OPTIONS)}")
@@ -146,8 +179,16 @@ class RunConfig:
         return cls(**values)
 
 
+TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}
+
+
 def _declared_type(f) -> type:
-    return {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[f.type]
+    return TYPES[f.type.split("[")[0]]
+
+
+def item_type(f) -> type:
+    """The element type of a list setting (list[float] -> float)."""
+    return TYPES[f.type.split("[")[1].rstrip("]")] if "[" in f.type else str
 
 
 def type_matches(value, expected: type) -> bool:

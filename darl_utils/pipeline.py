@@ -1,6 +1,10 @@
-"""From a RunConfig to results on disk: data -> split -> model -> fine-tuning -> ID/OOD evaluation.
+"""From a RunConfig to results on disk: data -> split -> model -> training -> ID/OOD evaluation.
+
+Each method is one function (run_ft, run_lpft) that returns its result record and leaves, under the cache,
+a folder per run (weights, per-sample predictions, result.json) that later calls with the same settings reuse.
 
     python -m darl_utils ft --data train.csv.gz                   # CPU or one GPU
+    python -m darl_utils lpft --data train.csv.gz --occ-lambda 0.5  # LPFT with OCC in the fine-tuning stage
     torchrun --nproc_per_node 4 -m darl_utils ft --data ...       # several GPUs (DDP); accelerate launch works too
 """
 from __future__ import annotations
@@ -9,20 +13,25 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_model
+from safetensors.numpy import load_file, save_file
+from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
 from .config import RunConfig
 from .data import cache_dir, load_pairs
-from .metrics import classification_metrics
+from .features import cached_features
+from .interpolation import choose_alpha, interpolate
+from .losses import make_loss
+from .metrics import evaluate_logits, softmax
 from .modeling import RelevanceModel, encode_pairs, load_backbone, model_card
 from .splits import Split, make_split, subsample
-from .training import (Encoded, gather, parameter_checksum, predict_logits, seed_everything, setup_runtime,
-                       train_model)
+from .training import (Encoded, ProbeSettings, Runtime, broadcast, gather, parameter_checksum, predict_logits,
+                       seed_everything, setup_runtime, train_model, train_probe)
 
 
 def load_data(cfg: RunConfig):
@@ -64,13 +73,85 @@ def encode(df: pd.DataFrame, tokenizer, kind: str, max_length: int) -> Encoded:
     return Encoded(encode_pairs(tokenizer, df["query"], df["item"], kind, max_length), df["label"].to_numpy())
 
 
-def evaluate(model, parts: dict, tokenizer, kind: str, cfg: RunConfig, runtime) -> dict:
-    out = {}
-    for name in ("id_test", "ood_test"):
-        data = encode(parts[name], tokenizer, kind, cfg.max_length)
-        logits = predict_logits(model, data, tokenizer, cfg.eval_batch_size, runtime, cfg.progress and runtime.main)
-        out[name] = classification_metrics(data.labels, logits.argmax(1))
+EVAL_PARTS = ("id_val", "id_test", "ood_test")
+LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "alphas")  # settings plain FT ignores
+
+
+@dataclass
+class Context:
+    """What every method needs once: the runtime, the backbone and its tokenizer, the split and its parts."""
+    cfg: RunConfig
+    runtime: Runtime
+    backbone: torch.nn.Module
+    tokenizer: object
+    kind: str
+    where: str
+    split: Split
+    parts: dict
+    _encoded: dict = field(default_factory=dict)
+
+    def encoded(self, part: str) -> Encoded:
+        if part not in self._encoded:
+            self._encoded[part] = encode(self.parts[part], self.tokenizer, self.kind, self.cfg.max_length)
+        return self._encoded[part]
+
+    def new_model(self) -> RelevanceModel:
+        seed_everything(self.cfg.seed)  # the head's initialisation depends on the seed only
+        return RelevanceModel(self.backbone, self.kind, self.cfg.dropout)
+
+
+def prepare(cfg: RunConfig) -> Context:
+    runtime = setup_runtime(cfg.device)
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    backbone, tokenizer, kind, where = load_backbone(cfg.backbone)  # first: a bad backbone fails fast
+    split = prepare_split(cfg)
+    return Context(cfg, runtime, backbone, tokenizer, kind, where, split, sized_parts(split, cfg))
+
+
+def method_name(base: str, cfg: RunConfig) -> str:
+    """FT, LP or LPFT, with +OCC (reverse KL) or +LS (forward KL = label smoothing) when a stage of the method
+    uses the OCC loss."""
+    stages = {"FT": ("ft", "both"), "LP": ("lp", "both"), "LPFT": ("lp", "ft", "both")}[base]
+    uses = cfg.occ_lambda > 0 and cfg.occ_stage in stages
+    return base + (("+OCC" if cfg.occ_direction == "reverse" else "+LS") if uses else "")
+
+
+def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
+    """The loss of one training stage (lp or ft): OCC where occ_stage says so, else cross-entropy."""
+    if cfg.occ_lambda > 0 and cfg.occ_stage in (stage, "both"):
+        return make_loss(cfg.occ_lambda, cfg.occ_rho, cfg.occ_prior, cfg.occ_direction)
+    return torch.nn.CrossEntropyLoss()
+
+
+def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
+    """Where a run's weights, predictions and result live in the cache (shared by every notebook)."""
+    slug = method.lower().replace("+", "-")
+    return cache_dir() / "runs" / f"{slug}-{cfg.key(extra=data_fingerprint(cfg.data_path()), exclude=exclude)}"
+
+
+def predict_parts(model, ctx: Context) -> dict[str, np.ndarray]:
+    progress = ctx.cfg.progress and ctx.runtime.main
+    return {p: predict_logits(model, ctx.encoded(p), ctx.tokenizer, ctx.cfg.eval_batch_size, ctx.runtime, progress)
+            for p in EVAL_PARTS}
+
+
+def evaluate(logits: dict[str, np.ndarray], ctx: Context) -> dict:
+    """Classification and confidence metrics per part, and the ID-OOD gap of macro-F1."""
+    out = {p: evaluate_logits(logits[p], ctx.encoded(p).labels) for p in EVAL_PARTS}
+    out["gap_macro_f1"] = out["id_test"]["macro_f1"] - out["ood_test"]["macro_f1"]
     return out
+
+
+def save_predictions(logits: dict, ctx: Context, path: Path, prefix: str = "") -> None:
+    """Per-sample probabilities and gold degrees of every evaluated part (entropy histograms read these)."""
+    tensors = {}
+    for p, values in logits.items():
+        tensors[f"{prefix}{p}/probs"] = softmax(values).astype(np.float32)
+        tensors[f"{prefix}{p}/labels"] = np.asarray(ctx.encoded(p).labels, dtype=np.int64)
+    existing = load_file(str(path)) if prefix and path.exists() else {}
+    save_file({**existing, **tensors}, str(path))
 
 
 def environment() -> dict:
@@ -82,60 +163,178 @@ def environment() -> dict:
             "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
 
 
+def base_record(method: str, ctx: Context, folder: Path, started: float) -> dict:
+    cfg, split = ctx.cfg, ctx.split
+    return {"method": method, "run_key": folder.name.rsplit("-", 1)[1], "config": asdict(cfg), "model": model_card(ctx.where, ctx.kind),
+            "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": str(split.directory),
+            "held_out": split.held_out, "load_dropped": split.load_dropped,
+            "leakage_dropped": split.leakage_dropped, "world_size": ctx.runtime.world,
+            "environment": environment(), "seconds": round(time.time() - started, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(folder),
+            "predictions": str(folder / "predictions.safetensors")}
+
+
+def _finished(folder: Path, cfg: RunConfig):
+    """The stored result of this exact run, if it finished before and reuse is on."""
+    path = folder / "result.json"
+    return json.loads(path.read_text()) if cfg.reuse and path.exists() else None
+
+
 def run_ft(cfg: RunConfig) -> dict:
-    """Plain fine-tuning (FT): fresh head, all weights trained with cross-entropy. Returns the result record."""
+    """FT: fresh head, all weights trained (cross-entropy, or OCC / label smoothing when occ_lambda > 0).
+    Returns the result record (None on processes other than the first)."""
     cfg.validate()
-    runtime = setup_runtime(cfg.device)
+    method = method_name("FT", cfg)
+    folder = run_folder(method, cfg, exclude=LPFT_ONLY)
+    done = _finished(folder, cfg)
+    if done:
+        return publish(done, [done], cfg)
     started = time.time()
-    if not cfg.progress:
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-    seed_everything(cfg.seed)
-    backbone, tokenizer, kind, where = load_backbone(cfg.backbone)  # first: a bad backbone fails fast
-    split = prepare_split(cfg)
-    parts = sized_parts(split, cfg)
-    model = RelevanceModel(backbone, kind, cfg.dropout)
-    train, val = (encode(parts[p], tokenizer, kind, cfg.max_length) for p in ("train", "id_val"))
-    fit = train_model(model, train, val, tokenizer, cfg.train_settings(), runtime)
+    ctx = prepare(cfg)
+    model = ctx.new_model()
+    fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, cfg.train_settings(),
+                      ctx.runtime, loss_fn=stage_loss(cfg, "ft"))
     checksums = gather(parameter_checksum(model))
     result = None
-    if runtime.main:
-        metrics = evaluate(model, parts, tokenizer, kind, cfg, runtime)
-        result = {"method": "FT", "run_key": cfg.key(), "config": asdict(cfg), "model": model_card(where, kind),
-                  "sizes": {p: len(df) for p, df in parts.items()}, "split_dir": str(split.directory),
-                  "held_out": split.held_out, "load_dropped": split.load_dropped,
-                  "leakage_dropped": split.leakage_dropped, "fit": fit, **metrics,
-                  "gap_macro_f1": metrics["id_test"]["macro_f1"] - metrics["ood_test"]["macro_f1"],
-                  "world_size": runtime.world, "param_checksums": checksums,
-                  "environment": environment(), "seconds": round(time.time() - started, 1),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        result["checkpoint"] = str(save_checkpoint(model, cfg))
-        write_result(result, Path(cfg.out_dir))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # the process group itself is closed by the command line, once
+    if ctx.runtime.main:
+        logits = predict_parts(model, ctx)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(getattr(model, "module", model), str(folder / "model.safetensors"))
+        save_predictions(logits, ctx, folder / "predictions.safetensors")
+        result = {**base_record(method, ctx, folder, started), "fit": fit, "param_checksums": checksums,
+                  **evaluate(logits, ctx)}
+        _store(result, folder)
+        publish(result, [result], cfg)
+    _barrier()
     return result
 
 
-def save_checkpoint(model, cfg: RunConfig) -> Path:
-    where = cache_dir() / "checkpoints" / f"ft-{cfg.key(extra=data_fingerprint(cfg.data_path()))}"
-    where.mkdir(parents=True, exist_ok=True)
-    save_model(getattr(model, "module", model), str(where / "model.safetensors"))
-    (where / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    return where
+def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
+    """LP: train model.head on cached features of the frozen pretrained backbone (process 0; the others receive
+    the head). Cached itself, so LPFT runs that differ only after this stage share it."""
+    cfg = ctx.cfg
+    lp_loss = stage_loss(cfg, "lp")
+    folder = cache_dir() / "runs" / "lp-{}".format(cfg.key(
+        "dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed", "max_train_pairs",
+        "max_eval_pairs", "backbone", "max_length", "dropout", "weight_decay", "seed", "lp_epochs", "lp_lr",
+        "lp_batch_size", "lp_patience", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"))
+    fit = None
+    model.to(ctx.runtime.device)
+    if broadcast(cfg.reuse and (folder / "head.safetensors").exists()):
+        model.head.load_state_dict(load_torch(str(folder / "head.safetensors")))
+        fit = json.loads((folder / "fit.json").read_text())
+    else:
+        feats = {p: cached_features(model, f"pretrained|{ctx.where}|{ctx.kind}", ctx.parts[p], ctx.encoded(p),
+                                    ctx.tokenizer, cfg.max_length, cfg.eval_batch_size, ctx.runtime,
+                                    cfg.progress and ctx.runtime.main) for p in ("train", "id_val")}
+        if ctx.runtime.main:
+            settings = ProbeSettings(cfg.lp_epochs, cfg.lp_batch_size, cfg.lp_lr, cfg.weight_decay,
+                                     cfg.lp_patience, cfg.seed)
+            fit = train_probe(model.head, feats["train"], ctx.encoded("train").labels, feats["id_val"],
+                              ctx.encoded("id_val").labels, settings, lp_loss, ctx.runtime.device)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_torch(model.head.state_dict(), str(folder / "head.safetensors"))
+            (folder / "fit.json").write_text(json.dumps(fit))
+    head = broadcast({k: v.cpu() for k, v in model.head.state_dict().items()} if ctx.runtime.main else None)
+    model.head.load_state_dict(head)
+    return broadcast(fit)
 
 
-def write_result(result: dict, out_dir: Path) -> Path:
-    """One JSON file per run and one line in results.jsonl (plots and tables are made from those lines)."""
+def run_lpft(cfg: RunConfig) -> dict:
+    """LPFT: LP, then FT from the probed head, then theta(alpha) for every alpha in cfg.alphas, evaluated on
+    id_val, id_test and ood_test; alpha* is the best on id_val. alpha = 0 is LP itself (always evaluated).
+    Returns the run record with the whole sweep (None on processes other than the first)."""
+    cfg.validate()
+    method = method_name("LPFT", cfg)
+    folder = run_folder(method, cfg, exclude=("alphas",))  # a new alpha list re-evaluates, never retrains
+    done = _finished(folder, cfg)
+    if done and done["config"]["alphas"] == cfg.alphas:
+        return publish(done, sweep_lines(done), cfg)
+    started = time.time()
+    ctx = prepare(cfg)
+    model = ctx.new_model()
+    lp_fit = linear_probe(model, ctx)
+    theta_lp = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if cfg.reuse and (folder / "model.safetensors").exists():
+        theta_ft = load_torch(str(folder / "model.safetensors"))
+        ft_fit = json.loads((folder / "ft_fit.json").read_text())
+    else:
+        # The probed head is no longer random: it trains at the backbone's rate (head_lr is for fresh heads).
+        settings = replace(cfg.train_settings(), head_lr=0.0)
+        ft_fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings,
+                             ctx.runtime, loss_fn=stage_loss(cfg, "ft"))
+        theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if ctx.runtime.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_torch(theta_ft, str(folder / "model.safetensors"))
+            (folder / "ft_fit.json").write_text(json.dumps(ft_fit))
+    result = None
+    if ctx.runtime.main:
+        predictions = folder / "predictions.safetensors"
+        predictions.unlink(missing_ok=True)
+        sweep = []
+        for alpha in sorted(set(cfg.alphas) | {0.0}):
+            model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
+            logits = predict_parts(model, ctx)
+            save_predictions(logits, ctx, predictions, prefix=f"alpha={alpha:g}/")
+            sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
+        alpha_star = choose_alpha([s for s in sweep if s["alpha"] in cfg.alphas])
+        best = next(s for s in sweep if s["alpha"] == alpha_star)
+        result = {**base_record(method, ctx, folder, started), "lp_fit": lp_fit, "fit": ft_fit,
+                  "alpha_star": alpha_star, **{k: v for k, v in best.items() if k != "alpha"}, "sweep": sweep}
+        _store(result, folder)
+        publish(result, sweep_lines(result), cfg)
+    _barrier()
+    return result
+
+
+def sweep_lines(result: dict) -> list[dict]:
+    """One results.jsonl line per evaluated model: LP (alpha = 0) and LPFT at every swept alpha."""
+    common = {k: v for k, v in result.items() if k not in ("sweep", "lp_fit", "fit") + EVAL_PARTS}
+    lines = []
+    for s in result["sweep"]:
+        alphas = result["config"]["alphas"]
+        if s["alpha"] == 0:
+            lines.append({**common, "method": method_name("LP", RunConfig(**result["config"])), "alpha": 0.0,
+                          "selected": False, **s})
+        if s["alpha"] in alphas:
+            lines.append({**common, "alpha": s["alpha"], "selected": s["alpha"] == result["alpha_star"], **s})
+    return lines
+
+
+def _store(result: dict, folder: Path) -> None:
+    partial = folder / "result.json.tmp"
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(folder / "result.json")  # written last and at once: its presence means the run finished
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the process group itself is closed by the command line, once
+
+
+def publish(result: dict, lines: list[dict], cfg: RunConfig) -> dict:
+    """Write the run's JSON into cfg.out_dir and its evaluation lines into results.jsonl (once per run:
+    taking a finished run from the cache into the same folder again adds nothing)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = result["config"]
-    name = f"{result['method'].lower()}-{c['protocol']}-seed{c['seed']}-{result['run_key']}"
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+    path = out_dir / f"{result['method'].lower().replace('+', '-')}-{c['protocol']}-seed{c['seed']}-{result['run_key']}.json"
+    text = json.dumps(result, indent=2)
+    if path.exists() and path.read_text() == text:
+        return result
+    path.write_text(text)
     with open(out_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(result) + "\n")
-    return out_dir / f"{name}.json"
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return result
 
 
 def summary_line(result: dict) -> str:
     i, o = result["id_test"]["macro_f1"], result["ood_test"]["macro_f1"]
-    return (f"{result['method']} {result['config']['protocol']} seed {result['config']['seed']}: "
-            f"ID macro-F1 {i:.4f}  OOD macro-F1 {o:.4f}  gap {i - o:+.4f}  ({result['seconds']} s)")
+    alpha = f" alpha*={result['alpha_star']:g}" if "alpha_star" in result else ""
+    return (f"{result['method']}{alpha} {result['config']['protocol']} seed {result['config']['seed']}: "
+            f"ID macro-F1 {i:.4f}  OOD macro-F1 {o:.4f}  gap {i - o:+.4f}  "
+            f"ID ECE {result['id_test']['confidence']['ece']:.4f}  ({result['seconds']} s)")

@@ -13,22 +13,37 @@ from .data import DEGREES
 from .splits import PARTS, PROTOCOLS, SplitConfig, make_split
 
 
-def read_results(path: str | Path) -> pd.DataFrame:
-    """One row per run (a rerun of the same settings replaces the earlier line), headline metrics as columns."""
-    rows = []
+def read_records(path: str | Path) -> list[dict]:
+    """The result lines, a later line of the same evaluation (run, method, alpha) replacing an earlier one."""
+    latest = {}
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             # older lines carry no run_key: the settings themselves identify the run
-            key = r.get("run_key") or json.dumps([r["method"], r["config"]], sort_keys=True)
-            rows.append({"run_key": key, "method": r["method"], **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
-                         "id_macro_f1": r["id_test"]["macro_f1"], "ood_macro_f1": r["ood_test"]["macro_f1"],
-                         "gap": r["id_test"]["macro_f1"] - r["ood_test"]["macro_f1"],
-                         **{f"ood_f1_{d}": r["ood_test"]["f1_per_degree"][d] for d in DEGREES},
-                         **{f"id_f1_{d}": r["id_test"]["f1_per_degree"][d] for d in DEGREES},
-                         "train_pairs": r["sizes"]["train"], "device": r["environment"]["device"],
-                         "seconds": r["seconds"]})
-    return pd.DataFrame(rows).drop_duplicates("run_key", keep="last").reset_index(drop=True)
+            run = r.get("run_key") or json.dumps([r["method"], r["config"]], sort_keys=True)
+            latest[(run, r["method"], r.get("alpha"))] = r
+    return list(latest.values())
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """One row per evaluated model, headline metrics as columns (confidence ones where recorded)."""
+    rows = []
+    for r in read_records(path):
+        row = {"run_key": r.get("run_key"), "method": r["method"], "alpha": r.get("alpha"),
+               "selected": r.get("selected"), **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
+               "id_macro_f1": r["id_test"]["macro_f1"], "ood_macro_f1": r["ood_test"]["macro_f1"],
+               "gap": r["id_test"]["macro_f1"] - r["ood_test"]["macro_f1"],
+               **{f"ood_f1_{d}": r["ood_test"]["f1_per_degree"][d] for d in DEGREES},
+               **{f"id_f1_{d}": r["id_test"]["f1_per_degree"][d] for d in DEGREES},
+               "train_pairs": r["sizes"]["train"], "device": r["environment"]["device"], "seconds": r["seconds"]}
+        if "id_val" in r:
+            row["val_macro_f1"] = r["id_val"]["macro_f1"]
+        for part, tag in (("id_test", "id"), ("ood_test", "ood")):
+            for name in ("ece", "nll", "brier", "entropy", "confidence"):
+                if "confidence" in r[part]:
+                    row[f"{tag}_{name}"] = r[part]["confidence"][name]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def mean_sd(results: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:

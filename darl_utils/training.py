@@ -204,6 +204,55 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     return {"history": history, "best_id_val_macro_f1": best, "steps_per_epoch": len(loader)}
 
 
+@dataclass
+class ProbeSettings:
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 10
+    seed: int = 0
+
+
+def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.ndarray, val_y,
+                settings: ProbeSettings, loss_fn=None, device: str | torch.device = "cpu") -> dict:
+    """LP: train only the head on cached backbone features; keep the epoch with the best id_val macro-F1.
+    Seconds, not minutes: no backbone pass at all."""
+    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    seed_everything(settings.seed)
+    head.to(device)
+    x, y = torch.as_tensor(train_x, device=device), torch.as_tensor(np.asarray(train_y), device=device)
+    vx = torch.as_tensor(val_x, device=device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+    history, best, best_state, waited = [], -1.0, None, 0
+    for epoch in range(settings.epochs):
+        head.train()
+        losses = []
+        for idx in torch.randperm(len(x), generator=generator).split(settings.batch_size):
+            idx = idx.to(device)
+            loss = loss_fn(head(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        head.eval()
+        with torch.no_grad():
+            val_pred = head(vx).argmax(1).cpu().numpy()
+        val_f1 = classification_metrics(val_y, val_pred)["macro_f1"]
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
+        if val_f1 > best:
+            best, waited = val_f1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        else:
+            waited += 1
+            if settings.patience and waited >= settings.patience:
+                break
+    head.load_state_dict(best_state)
+    head.cpu()
+    return {"history": history, "best_id_val_macro_f1": best, "epochs_run": len(history)}
+
+
 def parameter_checksum(model) -> float:
     """A number that differs when any weight differs (used to prove DDP kept processes in step)."""
     return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))

@@ -40,7 +40,8 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     assert sum(result["sizes"].values()) > 300  # a few hundred pairs
     for part in ("id_test", "ood_test"):
         m = result[part]
-        assert set(m) == {"n", "macro_f1", "f1_per_degree", "accuracy", "confusion"}
+        assert set(m) == {"n", "macro_f1", "f1_per_degree", "accuracy", "confusion", "confidence"}
+        assert {"entropy", "ece", "nll", "brier", "per_degree", "reliability"} <= set(m["confidence"])
         assert np.array(m["confusion"]).sum() == m["n"] == result["sizes"][part]
     # the colour word decides the degree: a working loop learns it, a broken one stays near chance (1/3)
     assert result["id_test"]["macro_f1"] > 0.6, result["fit"]
@@ -63,8 +64,9 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
 
 def test_same_seed_same_result(pairs_csv, tiny_encoder, tmp_path):
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
-    a, b = run_ft(cfg), run_ft(cfg)
+    a, b = run_ft(cfg), run_ft(replace(cfg, reuse=False))  # reuse=False: train again, not read the cache
     assert a["id_test"] == b["id_test"] and a["param_checksums"] == b["param_checksums"]
+    assert b["finished"] >= a["finished"] and Path(b["checkpoint"]) == Path(a["checkpoint"])
 
 
 def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):

@@ -1,0 +1,51 @@
+"""Pooled features of a model for a part of the data, extracted once and cached (LP trains on them; DASA
+scores them).
+
+The cache key is the model's identity, the text settings and a hash of the pairs' text, so any change to the
+data, the split, the sub-sample or the model gives a new entry, and nothing stale is ever read. Labels are not
+stored: the pool's labels must stay hidden until DASA selects.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .data import cache_dir
+from .training import Runtime, broadcast, predict_logits
+
+
+def text_hash(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha1()
+    for q, item in zip(frame["query"], frame["item"]):
+        digest.update(f"{q}\t{item}\n".encode())
+    return digest.hexdigest()
+
+
+def feature_path(model_id: str, frame: pd.DataFrame, max_length: int):
+    key = hashlib.sha1(f"{model_id}|{max_length}|{text_hash(frame)}".encode()).hexdigest()[:16]
+    return cache_dir() / "features" / f"{key}.safetensors"
+
+
+def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, max_length: int,
+                    batch_size: int, runtime: Runtime, progress: bool = False) -> np.ndarray:
+    """Features (n x hidden, float32) of `frame` (already encoded as `data`) under `model`, from the cache
+    when there. `model_id` must change whenever the weights do (a backbone path, a checkpoint folder)."""
+    path = feature_path(model_id, frame, max_length)
+    if not broadcast(path.exists()):  # one decision for all processes, so they meet at the same barrier
+        if runtime.main:
+            features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file({"features": np.ascontiguousarray(features, dtype=np.float32)}, str(partial))
+            partial.replace(path)  # atomic: a crash never leaves a half-written cache entry
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # the other processes read what process 0 wrote
+    features = load_file(str(path))["features"]
+    if len(features) != len(frame):
+        raise RuntimeError(f"feature cache {path.name} holds {len(features)} rows for {len(frame)} pairs")
+    return features

@@ -43,3 +43,20 @@ def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | No
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     return papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                       cwd=str(cwd or NOTEBOOKS.parent), progress_bar=progress)
+
+
+def config_from_parameters(values: dict, settings: dict) -> "RunConfig":
+    """The validated RunConfig of a notebook: its named parameters plus `settings` (any other RunConfig
+    setting by name). A typo or a setting given twice fails here, before any work."""
+    from .config import RunConfig
+    twice = sorted(set(values) & set(settings))
+    if twice:
+        raise ConfigError(f"settings: {twice} are notebook parameters already; set them there")
+    return RunConfig.from_dict({**values, **settings}).validate()
+
+
+def check_seeds(seeds) -> list[int]:
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise ConfigError(f"seeds: {seeds!r} must be a non-empty list of distinct integers >= 0")
+    return seeds

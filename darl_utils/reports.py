@@ -26,15 +26,21 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """One row per evaluated model, headline metrics as columns (confidence ones where recorded)."""
+    """One row per evaluated model of a results.jsonl, headline metrics as columns."""
+    return results_frame(read_records(path))
+
+
+def results_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per evaluated model (result lines), headline metrics as columns (confidence ones where recorded)."""
     rows = []
-    for r in read_records(path):
+    for r in records:
         row = {"run_key": r.get("run_key"), "method": r["method"], "alpha": r.get("alpha"),
                "selected": r.get("selected"), **{k: r["config"][k] for k in ("protocol", "seed", "backbone")},
                "id_macro_f1": r["id_test"]["macro_f1"], "ood_macro_f1": r["ood_test"]["macro_f1"],
                "gap": r["id_test"]["macro_f1"] - r["ood_test"]["macro_f1"],
                **{f"ood_f1_{d}": r["ood_test"]["f1_per_degree"][d] for d in DEGREES},
                **{f"id_f1_{d}": r["id_test"]["f1_per_degree"][d] for d in DEGREES},
+               "id_accuracy": r["id_test"]["accuracy"], "ood_accuracy": r["ood_test"]["accuracy"],
                "train_pairs": r["sizes"]["train"], "device": r["environment"]["device"], "seconds": r["seconds"]}
         if "id_val" in r:
             row["val_macro_f1"] = r["id_val"]["macro_f1"]
@@ -42,7 +48,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
             for name in ("ece", "nll", "brier", "entropy", "confidence"):
                 if "confidence" in r[part]:
                     row[f"{tag}_{name}"] = r[part]["confidence"][name]
-        rows.append(row)
+        rows.append({**row, "rho": r["config"].get("occ_rho"), "record": r})
     return pd.DataFrame(rows)
 
 
@@ -122,3 +128,192 @@ def plot_protocol_gaps(results: pd.DataFrame):
     ax.set_ylabel("macro-F1 over 3 degrees")
     plt.tight_layout()
     return fig
+
+
+# ---- LPFT and OCC (notebooks 03 and 04) -------------------------------------------------------------------
+
+PART_LABELS = {"id_val": "id_val (selects alpha*)", "id_test": "id_test (ID)", "ood_test": "ood_test (OOD)"}
+
+
+def sweep_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per (LPFT run, alpha): macro-F1 and ECE per part, the gap, and whether alpha is the run's alpha*."""
+    rows = []
+    for r in runs:
+        for s in r["sweep"]:
+            if s["alpha"] not in r["config"]["alphas"]:
+                continue
+            rows.append({"method": r["method"], "seed": r["config"]["seed"], "alpha": s["alpha"],
+                         "alpha_star": r["alpha_star"], **{f"{p}_macro_f1": s[p]["macro_f1"] for p in PART_LABELS},
+                         "id_test_ece": s["id_test"]["confidence"]["ece"],
+                         "ood_test_ece": s["ood_test"]["confidence"]["ece"], "gap": s["gap_macro_f1"]})
+    return pd.DataFrame(rows)
+
+
+def plot_alpha_sweep(sweep: pd.DataFrame, ft: pd.DataFrame | None = None):
+    """Macro-F1 against alpha (mean over seeds, band = +-1 sd) on id_val, id_test and ood_test, with alpha*
+    (chosen on id_val, one mark per seed) and the paper's 0.6 marked, FT as dashed lines; the gap below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=[2.2, 1])
+    colours = dict(zip(PART_LABELS, sns.color_palette("deep", 3)))
+    grouped = sweep.groupby("alpha")
+    for part, label in PART_LABELS.items():
+        mean, sd = grouped[f"{part}_macro_f1"].mean(), grouped[f"{part}_macro_f1"].std().fillna(0)
+        top.plot(mean.index, mean, marker="o", color=colours[part], label=label)
+        top.fill_between(mean.index, mean - sd, mean + sd, color=colours[part], alpha=0.15)
+    if ft is not None and len(ft):
+        top.axhline(ft["id_macro_f1"].mean(), color=colours["id_test"], ls="--", lw=1, label="FT, id_test")
+        top.axhline(ft["ood_macro_f1"].mean(), color=colours["ood_test"], ls="--", lw=1, label="FT, ood_test")
+    for i, star in enumerate(sorted(sweep.groupby("seed")["alpha_star"].first())):
+        for ax in (top, bottom):
+            ax.axvline(star, color="black", lw=1.2, label="alpha* (id_val)" if i == 0 and ax is top else None)
+    for ax in (top, bottom):
+        ax.axvline(0.6, color="grey", ls=":", lw=1.5, label="alpha = 0.6 (paper)" if ax is top else None)
+    top.set_ylabel("macro-F1 over 3 degrees")
+    top.set_title("LPFT: theta(alpha) = (1 - alpha) theta_LP + alpha theta_FT  (alpha 0 = LP, 1 = FT from the probe)")
+    top.legend(loc="lower right", fontsize=8, ncol=2)
+    gap_mean, gap_sd = grouped["gap"].mean(), grouped["gap"].std().fillna(0)
+    bottom.plot(gap_mean.index, gap_mean, marker="o", color="purple", label="LPFT")
+    bottom.fill_between(gap_mean.index, gap_mean - gap_sd, gap_mean + gap_sd, color="purple", alpha=0.15)
+    if ft is not None and len(ft):
+        bottom.axhline(ft["gap"].mean(), color="purple", ls="--", lw=1, label="FT")
+    bottom.axhline(0, color="black", lw=0.5)
+    bottom.set_xlabel("alpha (interpolation coefficient)")
+    bottom.set_ylabel("ID - OOD macro-F1")
+    bottom.legend(loc="best", fontsize=8)
+    plt.tight_layout()
+    return fig
+
+
+def load_predictions(record: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample probabilities and gold degrees of one evaluated model (an LPFT line: at its alpha)."""
+    from safetensors.numpy import load_file
+    prefix = f"alpha={record['alpha']:g}/" if record.get("alpha") is not None else ""
+    saved = load_file(record["predictions"])
+    return saved[f"{prefix}{part}/probs"], saved[f"{prefix}{part}/labels"]
+
+
+def plot_entropy_by_degree(predictions: dict[str, tuple], part: str):
+    """Histograms of predictive entropy, one panel per true degree, one line per method."""
+    from .metrics import entropy
+    rows = [pd.DataFrame({"method": name, "true degree": np.asarray(DEGREES)[labels], "entropy": entropy(probs)})
+            for name, (probs, labels) in predictions.items()]
+    long = pd.concat(rows, ignore_index=True)
+    grid = sns.displot(long, x="entropy", hue="method", col="true degree", col_order=list(DEGREES),
+                       kind="hist", element="step", fill=False, stat="density", common_norm=False,
+                       bins=np.linspace(0, np.log(len(DEGREES)), 21), height=3, aspect=1.2)
+    grid.set_axis_labels("predictive entropy (nats; ln 3 = uniform)", "density")
+    grid.figure.suptitle(f"Entropy of the predictions on {part}, per true degree (low = confident)", y=1.04)
+    return grid
+
+
+def plot_reliability(records: dict[str, dict], part: str):
+    """Reliability diagrams: accuracy against mean confidence per bin (15 bins), one panel per method."""
+    fig, axes = plt.subplots(1, len(records), figsize=(3.2 * len(records), 3.4), sharey=True, squeeze=False)
+    for ax, (name, r) in zip(axes[0], records.items()):
+        rel, ece = r[part]["confidence"]["reliability"], r[part]["confidence"]["ece"]
+        edges = np.asarray(rel["edges"])
+        acc = np.array([np.nan if a is None else a for a in rel["accuracy"]])
+        ax.bar(edges[:-1], np.nan_to_num(acc), width=np.diff(edges), align="edge", edgecolor="black",
+               color="#6baed6", label="accuracy")
+        ax.plot([0, 1], [0, 1], color="red", ls="--", lw=1, label="perfect calibration")
+        ax.set_title(f"{name}\nECE {ece:.3f}", fontsize=9)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_xlim(0, 1)
+    axes[0][0].set_ylabel("accuracy in the bin")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Reliability on {part}", y=1.02)
+    plt.tight_layout()
+    return fig
+
+
+def plot_rho_sweep(table: pd.DataFrame):
+    """ECE, mean entropy and macro-F1 on id_test and ood_test against rho (FT+OCC)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (column, label) in zip(axes, (("macro_f1", "macro-F1"), ("ece", "ECE (15 bins)"),
+                                          ("entropy", "mean entropy (nats)"))):
+        for tag, part in (("id", "id_test"), ("ood", "ood_test")):
+            g = table.groupby("rho")[f"{tag}_{column}"]
+            ax.errorbar(g.mean().index, g.mean(), yerr=g.std().fillna(0), marker="o", capsize=3, label=part)
+        ax.set_xlabel("rho (prior mass off the gold degree)")
+        ax.set_ylabel(label)
+        ax.set_title(f"FT+OCC: {label} against rho", fontsize=10)
+        ax.legend(fontsize=8)
+    plt.tight_layout()
+    return fig
+
+
+def lines_of(results: list[dict]) -> list[dict]:
+    """The evaluation lines of run records: an LPFT run gives LP and one line per alpha, others themselves."""
+    from .pipeline import sweep_lines
+    return [line for r in results for line in (sweep_lines(r) if "sweep" in r else [r])]
+
+
+def comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows named for the comparison tables: FT..., LP..., LPFT (alpha*), LPFT (0.6), LPFT (alpha 1)."""
+    picked = []
+    for _, row in frame.iterrows():
+        if not str(row["method"]).startswith("LPFT"):
+            picked.append({**row, "model": row["method"]})
+            continue
+        if row["selected"]:
+            picked.append({**row, "model": f"{row['method']} (alpha*)"})
+        if np.isclose(row["alpha"], 0.6):
+            picked.append({**row, "model": f"{row['method']} (0.6)"})
+        if np.isclose(row["alpha"], 1.0):
+            picked.append({**row, "model": f"{row['method']} (alpha 1)"})
+    return pd.DataFrame(picked)
+
+
+def _diff(a: pd.Series, b: pd.Series) -> tuple[float, float]:
+    """Mean difference a - b and the larger seed sd of the two (0 with one seed)."""
+    sd = max(a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0)
+    return float(a.mean() - b.mean()), float(0.0 if np.isnan(sd) else sd)
+
+
+def _beyond(delta: float, sd: float) -> str:
+    return "beyond the seed spread" if sd and abs(delta) > sd else ("one seed: no spread to judge it by" if not sd
+                                                                    else "within the seed spread")
+
+
+def verdict_claim1(ft: pd.DataFrame) -> str:
+    """Claim 1: FT is over-confident (mean confidence above accuracy) and weakest on the middle degree."""
+    gap_id = (ft["id_confidence"] - ft["id_accuracy"]).mean()
+    gap_ood = (ft["ood_confidence"] - ft["ood_accuracy"]).mean()
+    per_degree = {d: ft[f"id_f1_{d}"].mean() for d in DEGREES}
+    weakest = min(per_degree, key=per_degree.get)
+    over = gap_id > 0 and gap_ood > 0
+    return (f"Claim 1 {'holds' if over and weakest == 'weak' else 'holds in part' if over or weakest == 'weak' else 'does not hold'}: "
+            f"FT's mean confidence exceeds its accuracy by {gap_id:+.3f} on id_test and {gap_ood:+.3f} on ood_test "
+            f"({'over' if over else 'not uniformly over'}-confident); its weakest degree on id_test is {weakest} "
+            f"(F1 {', '.join(f'{d} {v:.3f}' for d, v in per_degree.items())}).")
+
+
+def verdict_claim2(table: pd.DataFrame) -> str:
+    """Claim 2: LPFT (alpha*) balances ID and OOD better than FT: a higher mean of ID and OOD macro-F1."""
+    ft, lpft = table[table["model"] == "FT"], table[table["model"].str.endswith("(alpha*)") & table["model"].str.startswith("LPFT")]
+    if ft.empty or lpft.empty:
+        return "Claim 2: not tested here (FT or LPFT missing)."
+    balance = lambda t: (t["id_macro_f1"] + t["ood_macro_f1"]) / 2  # noqa: E731
+    d_bal, sd_bal = _diff(balance(lpft).reset_index(drop=True), balance(ft).reset_index(drop=True))
+    d_ood, _ = _diff(lpft["ood_macro_f1"], ft["ood_macro_f1"])
+    d_id, _ = _diff(lpft["id_macro_f1"], ft["id_macro_f1"])
+    d_gap, _ = _diff(lpft["gap"], ft["gap"])
+    holds = d_bal > 0 and (not sd_bal or d_bal > sd_bal)
+    return (f"Claim 2 {'holds' if holds else 'does not hold'} here: LPFT at alpha* (mean {lpft['alpha'].mean():.2f}) "
+            f"vs FT: mean of ID and OOD macro-F1 {d_bal:+.4f} ({_beyond(d_bal, sd_bal)}); ID {d_id:+.4f}, "
+            f"OOD {d_ood:+.4f}, ID-OOD gap {d_gap:+.4f}.")
+
+
+def verdict_claim3(table: pd.DataFrame, occ: str = "FT+OCC", base: str = "FT") -> str:
+    """Claim 3: OCC raises predictive entropy (less over-confidence) without losing macro-F1."""
+    a, b = table[table["model"] == occ], table[table["model"] == base]
+    if a.empty or b.empty:
+        return f"Claim 3: not tested here ({occ} or {base} missing)."
+    d_ent, _ = _diff(a["id_entropy"], b["id_entropy"])
+    d_ece, _ = _diff(a["id_ece"], b["id_ece"])
+    d_f1, sd_f1 = _diff(a["id_macro_f1"], b["id_macro_f1"])
+    d_ood, sd_ood = _diff(a["ood_macro_f1"], b["ood_macro_f1"])
+    tolerance = sd_f1 or 0.01  # "without losing accuracy": no drop larger than the seed sd (0.01 with one seed)
+    calmer, kept = d_ent > 0, d_f1 >= -tolerance and d_ood >= -(sd_ood or 0.01)
+    word = "holds" if calmer and kept else "holds in part" if calmer or kept else "does not hold"
+    return (f"Claim 3 {word} here: {occ} vs {base} on id_test: entropy {d_ent:+.4f} nats, ECE {d_ece:+.4f}, "
+            f"macro-F1 {d_f1:+.4f} ({_beyond(d_f1, sd_f1)}); ood_test macro-F1 {d_ood:+.4f}.")

@@ -224,6 +224,7 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
         model.head.load_state_dict(load_torch(str(folder / "head.safetensors")))
         fit = json.loads((folder / "fit.json").read_text())
     else:
+        extraction = time.perf_counter()
         feats = {p: cached_features(model, f"pretrained|{ctx.where}|{ctx.kind}", ctx.parts[p], ctx.encoded(p),
                                     ctx.tokenizer, cfg.max_length, cfg.eval_batch_size, ctx.runtime,
                                     cfg.progress and ctx.runtime.main) for p in ("train", "id_val")}
@@ -232,6 +233,7 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
                                      cfg.lp_patience, cfg.seed)
             fit = train_probe(model.head, feats["train"], ctx.encoded("train").labels, feats["id_val"],
                               ctx.encoded("id_val").labels, settings, lp_loss, ctx.runtime.device)
+            fit["features_seconds"] = round(time.perf_counter() - extraction - fit["seconds"], 2)  # 0 when cached
             folder.mkdir(parents=True, exist_ok=True)
             save_torch(model.head.state_dict(), str(folder / "head.safetensors"))
             (folder / "fit.json").write_text(json.dumps(fit))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +103,25 @@ def predict_logits(model, data: Encoded, tokenizer, batch_size: int, runtime: Ru
     return unsorted
 
 
+class BestKeeper:
+    """Early stopping on id_val: keeps a copy of the best weights; stops after `patience` epochs without gain
+    (0 = never stops early)."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.state, self.waited = patience, -1.0, None, 0
+
+    def stop_after(self, score: float, module: torch.nn.Module) -> bool:
+        if score > self.best:
+            self.best, self.waited = score, 0
+            self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return False
+        self.waited += 1
+        return bool(self.patience) and self.waited >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self.state)
+
+
 @dataclass
 class TrainSettings:
     epochs: int = 2
@@ -164,7 +184,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
                                   fused=runtime.device.type == "cuda")
     total = settings.epochs * len(loader)
     scheduler = linear_schedule(optimizer, total, settings.warmup_ratio)
-    history, best, best_state, waited = [], -1.0, None, 0
+    history, keeper = [], BestKeeper(settings.patience)
     bar = tqdm(total=total, disable=not (settings.progress and runtime.main), desc="train")
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
@@ -192,16 +212,11 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
         val_pred = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime).argmax(1)
         val_f1 = broadcast(classification_metrics(val.labels, val_pred)["macro_f1"])  # one decision for all
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
-        if val_f1 > best:
-            best, waited = val_f1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if settings.patience and waited >= settings.patience:
-                break
+        if keeper.stop_after(val_f1, model):
+            break
     bar.close()
-    model.load_state_dict(best_state)
-    return {"history": history, "best_id_val_macro_f1": best, "steps_per_epoch": len(loader)}
+    keeper.restore(model)
+    return {"history": history, "best_id_val_macro_f1": keeper.best, "steps_per_epoch": len(loader)}
 
 
 @dataclass
@@ -219,13 +234,14 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
     """LP: train only the head on cached backbone features; keep the epoch with the best id_val macro-F1.
     Seconds, not minutes: no backbone pass at all."""
     loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    started = time.perf_counter()
     seed_everything(settings.seed)
     head.to(device)
     x, y = torch.as_tensor(train_x, device=device), torch.as_tensor(np.asarray(train_y), device=device)
     vx = torch.as_tensor(val_x, device=device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
-    history, best, best_state, waited = [], -1.0, None, 0
+    history, keeper = [], BestKeeper(settings.patience)
     for epoch in range(settings.epochs):
         head.train()
         losses = []
@@ -241,16 +257,12 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
             val_pred = head(vx).argmax(1).cpu().numpy()
         val_f1 = classification_metrics(val_y, val_pred)["macro_f1"]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
-        if val_f1 > best:
-            best, waited = val_f1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-        else:
-            waited += 1
-            if settings.patience and waited >= settings.patience:
-                break
-    head.load_state_dict(best_state)
+        if keeper.stop_after(val_f1, head):
+            break
+    keeper.restore(head)
     head.cpu()
-    return {"history": history, "best_id_val_macro_f1": best, "epochs_run": len(history)}
+    return {"history": history, "best_id_val_macro_f1": keeper.best, "epochs_run": len(history),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def parameter_checksum(model) -> float:

@@ -70,3 +70,69 @@ def test_data_notebook_runs_on_home_depot(tmp_path, homedepot_path, pairs_csv, t
     assert "protocol 'unseen_words'" in text and "ood_test" in text
     assert f"largest mean gap: {PROTOCOLS[-1]};" in text and f"default protocol: {DEFAULT_PROTOCOL}" in text
     assert any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", []))
+
+
+NB03 = NOTEBOOKS / "03_lpft_alpha_sweep.ipynb"
+NB04 = NOTEBOOKS / "04_occ_calibration.ipynb"
+
+
+def smoke_parameters(pairs_csv, tiny_encoder, out) -> dict:
+    """The smoke profile: a tiny random-init encoder on 720 synthetic pairs, seconds per model."""
+    return dict(dataset="csv", data=str(pairs_csv), csv_columns={"group": "group"}, backbone=tiny_encoder,
+                max_train_pairs=0, max_eval_pairs=0, max_length=32, epochs=3, lr=0.002, device="cpu",
+                seeds=[0, 1], out_dir=str(out), settings={"batch_size": 16, "warmup_ratio": 0.0, "patience": 3})
+
+
+def images(nb) -> int:
+    return sum(bool(o.get("data", {}).get("image/png")) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, tiny_encoder, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    params = smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "lpft")
+    nb = run_notebook(NB03, tmp_path / "03.ipynb", {**params, "alphas": [0.0, 0.5, 0.6, 1.0]}, progress=False)
+    text = outputs_text(nb)
+    for row in ("FT", "LP", "LPFT (alpha*)", "LPFT (0.6)", "LPFT (alpha 1)"):
+        assert f"\n{row} " in text, row
+    assert "alpha* per seed: {0: " in text and "Claim 2 " in text and images(nb) == 1
+    assert "ID macro-F1" in text and "seed 1" in text  # both seeds ran
+
+    params = smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "occ")
+    nb = run_notebook(NB04, tmp_path / "04.ipynb", {**params, "seeds": [0], "rho_sweep": [0.1, 0.3],
+                                                    "settings": {**params["settings"], "alphas": [0.0, 0.6, 1.0]}},
+                      progress=False)
+    text = outputs_text(nb)
+    for row in ("FT", "FT+LS", "FT+OCC", "LPFT+OCC (alpha*)"):
+        assert f"\n{row} " in text, row
+    assert "label-smoothing control: epsilon = 0.0500" in text
+    assert "Claim 1 " in text and "Claim 3 " in text and "Against label smoothing, claim 3 " in text
+    assert images(nb) == 5  # entropy x 2 parts, reliability x 2 parts, rho sweep
+    # FT was trained by notebook 03 with the same settings: notebook 04 took it from the cache
+    assert "FT query_form seed 0" in text
+    lines = [json.loads(x) for x in (tmp_path / "occ" / "results.jsonl").read_text().splitlines()]
+    ft_03 = [json.loads(x) for x in (tmp_path / "lpft" / "results.jsonl").read_text().splitlines()
+             if json.loads(x)["method"] == "FT"]
+    assert [x["finished"] for x in lines if x["method"] == "FT"] == [ft_03[0]["finished"]]
+
+
+@pytest.mark.parametrize("notebook, parameters, message", [
+    (NB03, {"alpahs": [0.5]}, r"unknown parameter 'alpahs'; did you mean 'alphas'\?"),
+    (NB04, {"occ_rho": "0.1"}, r"parameter 'occ_rho' = '0.1' is a str, expected float"),
+])
+def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message):
+    with pytest.raises(ConfigError, match=message):
+        check_parameters(notebook, parameters)
+
+
+@pytest.mark.parametrize("notebook, parameters, message", [
+    (NB03, {"alphas": [0.0, 1.5]}, r"alphas: \[0.0, 1.5\] must be a non-empty list of distinct values in \[0, 1\]"),
+    (NB03, {"settings": {"lp_lrr": 0.01}}, r"unknown setting 'lp_lrr'; did you mean 'lp_lr'\?"),
+    (NB03, {"seeds": []}, r"seeds: \[\] must be a non-empty list"),
+    (NB04, {"rho_sweep": [0.1, 1.0]}, r"occ_rho: 1.0 must be in \[0, 1\)"),
+    (NB04, {"settings": {"occ_rho": 0.2}}, r"settings: \['occ_rho'\] are notebook parameters already"),
+])
+def test_new_notebooks_stop_in_the_validation_cell(notebook, parameters, message, tmp_path, pairs_csv, tiny_encoder):
+    params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "out"), **parameters}
+    with pytest.raises(PapermillExecutionError, match=message):
+        run_notebook(notebook, tmp_path / "out.ipynb", params, progress=False)
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # stopped before any training

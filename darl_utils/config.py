@@ -59,7 +59,8 @@ class RunConfig:
     lp_lr: float = 1e-3             # LP: AdamW learning rate of the head
     lp_batch_size: int = 256        # LP: batch of feature vectors
     lp_patience: int = 10           # LP: stop after this many epochs without id_val gain
-    alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: interpolation coefficients evaluated (alpha* chosen on id_val)
+    lpft_head_lr: float = 0.0       # LPFT's FT stage: learning rate of the probed head (0 = lr, as in LP-FT)
+    alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: coefficients evaluated; alpha* is chosen on id_val
     # OCC (STUDY.md section 5): loss = CE + occ_lambda * KL(p || q_rho)
     occ_lambda: float = 0.0         # weight of the KL term; 0 = plain cross-entropy (DaRL uses 0.5)
     occ_rho: float = 0.1            # prior mass moved off the gold degree, in [0, 1)
@@ -119,8 +120,9 @@ class RunConfig:
             bad("max_length", "must be in [16, 4096]")
         if not 0 < self.lr < 1:
             bad("lr", "must be in (0, 1)")
-        if not 0 <= self.head_lr < 1:
-            bad("head_lr", "must be in [0, 1)")
+        for name in ("head_lr", "lpft_head_lr"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(name, "must be in [0, 1)")
         for name in ("dropout", "warmup_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 bad(name, "must be in [0, 1)")

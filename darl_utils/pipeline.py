@@ -74,7 +74,7 @@ def encode(df: pd.DataFrame, tokenizer, kind: str, max_length: int) -> Encoded:
 
 
 EVAL_PARTS = ("id_val", "id_test", "ood_test")
-LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "alphas")  # settings plain FT ignores
+LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lpft_head_lr", "alphas")  # settings plain FT ignores
 
 
 @dataclass
@@ -261,8 +261,9 @@ def run_lpft(cfg: RunConfig) -> dict:
         theta_ft = load_torch(str(folder / "model.safetensors"))
         ft_fit = json.loads((folder / "ft_fit.json").read_text())
     else:
-        # The probed head is no longer random: it trains at the backbone's rate (head_lr is for fresh heads).
-        settings = replace(cfg.train_settings(), head_lr=0.0)
+        # The probed head is no longer random: by default it trains at the backbone's rate (head_lr is for
+        # fresh heads); lpft_head_lr gives it its own.
+        settings = replace(cfg.train_settings(), head_lr=cfg.lpft_head_lr)
         ft_fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings,
                              ctx.runtime, loss_fn=stage_loss(cfg, "ft"))
         theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -317,3 +317,14 @@ def verdict_claim3(table: pd.DataFrame, occ: str = "FT+OCC", base: str = "FT") -
     word = "holds" if calmer and kept else "holds in part" if calmer or kept else "does not hold"
     return (f"Claim 3 {word} here: {occ} vs {base} on id_test: entropy {d_ent:+.4f} nats, ECE {d_ece:+.4f}, "
             f"macro-F1 {d_f1:+.4f} ({_beyond(d_f1, sd_f1)}); ood_test macro-F1 {d_ood:+.4f}.")
+
+
+def caveats(cfg, seeds: list, lead: str = "") -> str:
+    """What limits the reading of a verdict: one seed, a sub-sample, a short training."""
+    notes = [lead] if lead else []
+    if len(seeds) == 1:
+        notes.append("With one seed no difference can be told from noise.")
+    if cfg.max_train_pairs:
+        notes.append(f"Train is a sub-sample of at most {cfg.max_train_pairs:,} pairs and models train "
+                     f"{cfg.epochs} epoch(s): a budget, not the full study.")
+    return " ".join(notes) or "Full train split; differences are judged against the seed spread."

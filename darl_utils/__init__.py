@@ -1,6 +1,8 @@
 """darl-study: a reproducible study of DaRL (Distribution-Aware Robust Learning) for relevance models.
 
 One module a concept: data (loaders, degrees), splits (ID/OOD protocols), modeling (backbones, pooling, head),
-training (the loop), metrics, config (RunConfig), pipeline (a run from config to result files), reports (tables,
-figures), notebooks (papermill with parameter checks). Command line: `python -m darl_utils --help`.
+training (the loop, the linear probe), features (cached features), losses (OCC), interpolation (LPFT weights),
+ood (DASA's scores and selection), metrics (classification, confidence), config (RunConfig), pipeline (FT and
+LPFT runs, from config to result files), reports (tables, figures, verdicts), notebooks (papermill with
+parameter checks). Command line: `python -m darl_utils --help`.
 """

@@ -9,7 +9,7 @@ import ast
 import difflib
 from pathlib import Path
 
-from .config import ConfigError, type_matches
+from .config import ConfigError, RunConfig, type_matches
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -45,11 +45,10 @@ def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | No
                                       cwd=str(cwd or NOTEBOOKS.parent), progress_bar=progress)
 
 
-def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -> "RunConfig":
+def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -> RunConfig:
     """The validated RunConfig of a notebook: its named parameters plus `settings` (any other RunConfig
     setting by name; not those in `reserved`, which the notebook sets itself). A typo or a setting given twice
     fails here, before any work."""
-    from .config import RunConfig
     twice = sorted((set(values) | set(reserved)) & set(settings))
     if twice:
         raise ConfigError(f"settings: {twice} are notebook parameters already; set them there")

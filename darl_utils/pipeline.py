@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
 from .config import RunConfig
@@ -144,14 +144,13 @@ def evaluate(logits: dict[str, np.ndarray], ctx: Context) -> dict:
     return out
 
 
-def save_predictions(logits: dict, ctx: Context, path: Path, prefix: str = "") -> None:
+def prediction_tensors(logits: dict, ctx: Context, prefix: str = "") -> dict[str, np.ndarray]:
     """Per-sample probabilities and gold degrees of every evaluated part (entropy histograms read these)."""
     tensors = {}
     for p, values in logits.items():
         tensors[f"{prefix}{p}/probs"] = softmax(values).astype(np.float32)
         tensors[f"{prefix}{p}/labels"] = np.asarray(ctx.encoded(p).labels, dtype=np.int64)
-    existing = load_file(str(path)) if prefix and path.exists() else {}
-    save_file({**existing, **tensors}, str(path))
+    return tensors
 
 
 def environment() -> dict:
@@ -200,7 +199,7 @@ def run_ft(cfg: RunConfig) -> dict:
         logits = predict_parts(model, ctx)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(getattr(model, "module", model), str(folder / "model.safetensors"))
-        save_predictions(logits, ctx, folder / "predictions.safetensors")
+        save_file(prediction_tensors(logits, ctx), str(folder / "predictions.safetensors"))
         result = {**base_record(method, ctx, folder, started), "fit": fit, "param_checksums": checksums,
                   **evaluate(logits, ctx)}
         _store(result, folder)
@@ -273,14 +272,13 @@ def run_lpft(cfg: RunConfig) -> dict:
             (folder / "ft_fit.json").write_text(json.dumps(ft_fit))
     result = None
     if ctx.runtime.main:
-        predictions = folder / "predictions.safetensors"
-        predictions.unlink(missing_ok=True)
-        sweep = []
+        sweep, tensors = [], {}
         for alpha in sorted(set(cfg.alphas) | {0.0}):
             model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
             logits = predict_parts(model, ctx)
-            save_predictions(logits, ctx, predictions, prefix=f"alpha={alpha:g}/")
+            tensors.update(prediction_tensors(logits, ctx, prefix=f"alpha={alpha:g}/"))
             sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
+        save_file(tensors, str(folder / "predictions.safetensors"))
         alpha_star = choose_alpha([s for s in sweep if s["alpha"] in cfg.alphas])
         best = next(s for s in sweep if s["alpha"] == alpha_star)
         result = {**base_record(method, ctx, folder, started), "lp_fit": lp_fit, "fit": ft_fit,
@@ -294,9 +292,8 @@ def run_lpft(cfg: RunConfig) -> dict:
 def sweep_lines(result: dict) -> list[dict]:
     """One results.jsonl line per evaluated model: LP (alpha = 0) and LPFT at every swept alpha."""
     common = {k: v for k, v in result.items() if k not in ("sweep", "lp_fit", "fit") + EVAL_PARTS}
-    lines = []
+    lines, alphas = [], result["config"]["alphas"]
     for s in result["sweep"]:
-        alphas = result["config"]["alphas"]
         if s["alpha"] == 0:
             lines.append({**common, "method": method_name("LP", RunConfig(**result["config"])), "alpha": 0.0,
                           "selected": False, **s})

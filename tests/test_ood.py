@@ -9,7 +9,7 @@ def test_mahalanobis_matches_a_direct_computation():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(300, 6)), rng.integers(0, 3, 300)
     q = rng.normal(size=(40, 6)) * 2
-    model = Mahalanobis(x, y)
+    model = Mahalanobis(x, y, chunk=37)  # moments accumulated over several chunks
     from sklearn.covariance import ledoit_wolf
     means = np.stack([x[y == c].mean(0) for c in range(3)])
     cov, _ = ledoit_wolf(x - means[y], assume_centered=True)
@@ -28,6 +28,24 @@ def test_knn_matches_a_direct_computation_in_any_chunking():
         assert np.allclose(got, direct, atol=1e-5), (query_chunk, train_chunk)
     with pytest.raises(ValueError, match=r"k: 600 must be in \[1, 500\]"):
         knn_distance(train, q, k=600)
+    with pytest.raises(ValueError, match=r"knn search: 'hnsw' is not one of"):
+        knn_distance(train, q, search="hnsw")
+
+
+def test_the_inverted_file_search_is_close_to_the_exact_one():
+    # Clustered data, as pooled features are: the approximate k-th distance can only be larger (a missed
+    # neighbour), and it ranks the queries as the exact one does.
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(20, 32)) * 3
+    train = rng.normal(size=(20_000, 32)) + centres[rng.integers(0, 20, 20_000)]
+    q = rng.normal(size=(500, 32)) + centres[rng.integers(0, 20, 500)]
+    exact = knn_distance(train, q, k=20, search="exact")
+    approx = knn_distance(train, q, k=20, search="ivf", nprobe=8)
+    assert (approx >= exact - 1e-5).all()
+    assert np.median(approx / exact - 1) < 0.01
+    from scipy.stats import spearmanr
+    assert spearmanr(approx, exact)[0] > 0.98
+    assert np.allclose(knn_distance(train, q, k=20, search="ivf", nprobe=10_000), exact, atol=1e-5)  # all cells
 
 
 def test_a_shifted_cluster_is_detected():

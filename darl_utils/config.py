@@ -19,6 +19,7 @@ from .training import TrainSettings
 
 
 RUNNING = ("progress", "reuse", "out_dir", "eval_batch_size")  # change how a run goes, not its result
+AUGMENTS = ("none", "dasa", "random", "oracle")
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
 
 
@@ -67,6 +68,13 @@ class RunConfig:
     occ_prior: str = "ordinal"      # ordinal (spread by closeness on the degree scale) | uniform
     occ_direction: str = "reverse"  # reverse = KL(p || q), OCC | forward = KL(q || p), label smoothing
     occ_stage: str = "ft"           # where LPFT uses the OCC loss: lp | ft | both (plain FT uses it unless lp)
+    # DASA (STUDY.md section 5): the training set, as split or augmented with labelled pool pairs
+    augment: str = "none"           # none | dasa (top-B pool pairs by OOD score) | random (B random pool pairs) | oracle (B pool_ood pairs)
+    dasa_budget: float = 0.1        # B: below 1 a fraction of the train size; from 1 up a whole number of pairs
+    dasa_combination: str = "mean"  # how the two score percentiles combine: mean | max | mahalanobis | knn (one alone)
+    dasa_k: int = 50                # kNN score: distance to the k-th nearest train feature
+    dasa_knn_search: str = "auto"   # exact | ivf (approximate, for large sets) | auto (exact up to 1e9 pool x train pairs)
+    max_pool_pairs: int = 0         # sub-sample pool_id and pool_ood each to at most this many pairs; 0 = all
     # running
     device: str = "auto"            # auto | cpu | cuda
     progress: bool = True           # progress bars (switch off for batch runs)
@@ -135,6 +143,17 @@ class RunConfig:
             bad("lp_lr", "must be in (0, 1)")
         if not self.alphas or not all(0 <= a <= 1 for a in self.alphas) or len(set(self.alphas)) < len(self.alphas):
             bad("alphas", "must be a non-empty list of distinct values in [0, 1]")
+        from .ood import COMBINATIONS, KNN_SEARCHES
+        if self.augment not in AUGMENTS:
+            bad("augment", f"is not one of {list(AUGMENTS)}")
+        if self.dasa_combination not in COMBINATIONS:
+            bad("dasa_combination", f"is not one of {list(COMBINATIONS)}")
+        if self.dasa_knn_search not in KNN_SEARCHES:
+            bad("dasa_knn_search", f"is not one of {list(KNN_SEARCHES)}")
+        if not (0 < self.dasa_budget < 1 or (self.dasa_budget >= 1 and float(self.dasa_budget).is_integer())):
+            bad("dasa_budget", "must be a fraction in (0, 1) of the train size or a whole number of pairs >= 1")
+        if self.dasa_k < 1 or self.max_pool_pairs < 0:
+            bad("dasa_k" if self.dasa_k < 1 else "max_pool_pairs", "is out of range")
         if self.occ_stage not in ("lp", "ft", "both"):
             bad("occ_stage", "is not one of lp, ft, both")
         from .losses import check_occ

@@ -88,6 +88,7 @@ class Context:
     where: str
     split: Split
     parts: dict
+    augmentation: dict | None = None  # what DASA or a control added to train (None: train as split)
     _encoded: dict = field(default_factory=dict)
 
     def encoded(self, part: str) -> Encoded:
@@ -107,7 +108,11 @@ def prepare(cfg: RunConfig) -> Context:
         hf_logging.disable_progress_bar()
     backbone, tokenizer, kind, where = load_backbone(cfg.backbone)  # first: a bad backbone fails fast
     split = prepare_split(cfg)
-    return Context(cfg, runtime, backbone, tokenizer, kind, where, split, sized_parts(split, cfg))
+    parts, augmentation = sized_parts(split, cfg), None
+    if cfg.augment != "none":
+        from .dasa import augmented_train
+        parts["train"], augmentation = augmented_train(cfg, split, parts, runtime)
+    return Context(cfg, runtime, backbone, tokenizer, kind, where, split, parts, augmentation)
 
 
 def method_name(base: str, cfg: RunConfig) -> str:
@@ -115,7 +120,8 @@ def method_name(base: str, cfg: RunConfig) -> str:
     uses the OCC loss."""
     stages = {"FT": ("ft", "both"), "LP": ("lp", "both"), "LPFT": ("lp", "ft", "both")}[base]
     uses = cfg.occ_lambda > 0 and cfg.occ_stage in stages
-    return base + (("+OCC" if cfg.occ_direction == "reverse" else "+LS") if uses else "")
+    augment = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle"}[cfg.augment]
+    return base + (("+OCC" if cfg.occ_direction == "reverse" else "+LS") if uses else "") + augment
 
 
 def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
@@ -127,6 +133,8 @@ def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
 
 def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
     """Where a run's weights, predictions and result live in the cache (shared by every notebook)."""
+    from .dasa import augment_exclusions
+    exclude = tuple(exclude) + augment_exclusions(cfg)
     slug = method.lower().replace("+", "-")
     return cache_dir() / "runs" / f"{slug}-{cfg.key(extra=data_fingerprint(cfg.data_path()), exclude=exclude)}"
 
@@ -167,7 +175,7 @@ def base_record(method: str, ctx: Context, folder: Path, started: float) -> dict
     return {"method": method, "run_key": folder.name.rsplit("-", 1)[1], "config": asdict(cfg), "model": model_card(ctx.where, ctx.kind),
             "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": str(split.directory),
             "held_out": split.held_out, "load_dropped": split.load_dropped,
-            "leakage_dropped": split.leakage_dropped, "world_size": ctx.runtime.world,
+            "leakage_dropped": split.leakage_dropped, "augmentation": ctx.augmentation, "world_size": ctx.runtime.world,
             "environment": environment(), "seconds": round(time.time() - started, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(folder),
             "predictions": str(folder / "predictions.safetensors")}
@@ -216,7 +224,8 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
     folder = cache_dir() / "runs" / "lp-{}".format(cfg.key(
         "dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed", "max_train_pairs",
         "max_eval_pairs", "backbone", "max_length", "dropout", "weight_decay", "seed", "lp_epochs", "lp_lr",
-        "lp_batch_size", "lp_patience", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"))
+        "lp_batch_size", "lp_patience", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"
+        + (f"|{ctx.augmentation['folder']}" if ctx.augmentation else "")))
     fit = None
     model.to(ctx.runtime.device)
     if broadcast(cfg.reuse and (folder / "head.safetensors").exists()):

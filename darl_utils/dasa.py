@@ -1,0 +1,216 @@
+"""DASA (STUDY.md section 5): score the unlabelled pool with two OOD detectors on the features of the model
+fine-tuned on train, take the B pairs that train covers worst, reveal their labels, and add them to train.
+
+Controls with the same B: `random` pool pairs; `oracle`, pool_ood pairs (an upper bound: it knows which pairs
+are OOD); `none`, train as split.
+
+The pool's labels live in an `Annotator` and come out only through `reveal`, called once, after the selection:
+the frame that is scored has no label column. Which part a pool pair came from (pool_id or pool_ood) is kept
+beside it for the detector quality, the OOD share of the selection and the oracle, never for scoring.
+
+    augmented = augmented_train(cfg, split, parts, runtime)  # (train frame, record); cached by settings
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .config import ConfigError, RunConfig
+from .data import DEGREES, cache_dir
+from .features import cached_features
+from .ood import Mahalanobis, combine, detector_quality, knn_distance, percentile, select_top
+from .splits import Split, subsample
+from .training import Encoded, Runtime, broadcast
+
+POOL_PARTS = ("pool_id", "pool_ood")
+SCORED_PARTS = ("id_val", "id_test", "ood_test", "pool")  # train is the reference; id_val the percentile scale
+SCORES = ("mahalanobis", "knn", "combined")
+SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search")  # settings the random and oracle controls ignore
+DASA_FIELDS = ("augment", "dasa_budget", "max_pool_pairs") + SCORE_ONLY
+OCC_FIELDS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
+
+
+def augment_exclusions(cfg: RunConfig) -> tuple:
+    """Settings that do not change this run's training set, so they stay out of its cache key (plain runs
+    keep the keys they had before DASA existed)."""
+    return DASA_FIELDS if cfg.augment == "none" else SCORE_ONLY if cfg.augment != "dasa" else ()
+
+
+class Annotator:
+    """The simulated annotator: holds the pool's gold labels and hands out only the rows asked for."""
+
+    def __init__(self, labels):
+        self._labels = np.asarray(labels).copy()
+        self.revealed = 0
+
+    def reveal(self, rows: np.ndarray) -> np.ndarray:
+        self.revealed += len(rows)
+        return self._labels[np.asarray(rows, dtype=np.int64)]
+
+
+@dataclass
+class Pool:
+    frame: pd.DataFrame    # query, item and ids: no label
+    is_ood: np.ndarray     # from pool_ood: for evaluation, the oracle and the OOD share only
+    annotator: Annotator
+
+
+def unlabelled_pool(split: Split, max_pairs: int, seed: int) -> Pool:
+    frames = [subsample(split[p], max_pairs, seed) for p in POOL_PARTS]
+    pool = pd.concat(frames, ignore_index=True)
+    return Pool(pool.drop(columns=["label"]), np.repeat([False, True], [len(f) for f in frames]),
+                Annotator(pool["label"].to_numpy()))
+
+
+def budget_size(budget: float, train_size: int, pool_size: int) -> int:
+    """B as a number of pairs: a fraction of the train size below 1, else the number itself."""
+    size = int(round(budget * train_size)) if budget < 1 else int(budget)
+    if size > pool_size:
+        raise ConfigError(f"dasa_budget: {budget!r} asks for {size} pairs but the pool holds {pool_size}")
+    return size
+
+
+def choose(augment: str, pool: Pool, size: int, seed: int, combined: np.ndarray | None = None) -> np.ndarray:
+    """Pool rows to label: the top `size` by combined score (dasa), `size` at random, or `size` pool_ood rows
+    (all of them when there are fewer)."""
+    rng = np.random.default_rng(seed)
+    if augment == "dasa":
+        return select_top(combined, size, seed)
+    if augment == "random":
+        return np.sort(rng.choice(len(pool.frame), size, replace=False))
+    ood_rows = np.flatnonzero(pool.is_ood)
+    return np.sort(rng.choice(ood_rows, min(size, len(ood_rows)), replace=False))
+
+
+def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.ndarray], k: int,
+                   search: str, combination: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per part: raw Mahalanobis and kNN scores, their percentiles against id_val, and the combined score."""
+    maha = Mahalanobis(train_x, train_y)
+    raw = {p: {"mahalanobis": maha.score(x), "knn": knn_distance(train_x, x, k, search)} for p, x in features.items()}
+    out = {}
+    for p, r in raw.items():
+        pct = {s: percentile(raw["id_val"][s], v) for s, v in r.items()}
+        out[p] = {**{f"{s}_raw": v for s, v in r.items()}, **pct,
+                  "combined": combine(pct["mahalanobis"], pct["knn"], combination)}
+    return out
+
+
+def selection_folder(cfg: RunConfig) -> Path:
+    from .pipeline import LPFT_ONLY, data_fingerprint
+    key = cfg.key(extra=data_fingerprint(cfg.data_path()), exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
+    return cache_dir() / "augment" / f"{cfg.augment}-{key}"
+
+
+def source_config(cfg: RunConfig) -> RunConfig:
+    """The model whose features DASA scores: plain FT (cross-entropy) on train as split, same settings."""
+    return replace(cfg, augment="none", occ_lambda=0.0)
+
+
+def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> tuple[dict, dict]:
+    """Features of train, the scored parts and the pool under the source FT model (trained or reused)."""
+    from safetensors.torch import load_model
+
+    from .modeling import RelevanceModel, encode_pairs, load_backbone
+    from .pipeline import run_ft
+    source = broadcast(run_ft(source_config(cfg)))
+    checkpoint = Path(source["checkpoint"]) / "model.safetensors"
+    backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
+    model = RelevanceModel(backbone, kind, cfg.dropout).to(runtime.device)
+    load_model(model, str(checkpoint), device=str(runtime.device))
+    model_id = f"run|{checkpoint}|{checkpoint.stat().st_mtime_ns}"  # a retrained checkpoint is a new model
+    frames = {**{p: parts[p] for p in ("train", "id_val", "id_test", "ood_test")}, "pool": pool.frame}
+    features = {}
+    for p, frame in frames.items():
+        data = Encoded(encode_pairs(tokenizer, frame["query"], frame["item"], kind, cfg.max_length))
+        features[p] = cached_features(model, model_id, frame, data, tokenizer, cfg.max_length, cfg.eval_batch_size,
+                                      runtime, cfg.progress and runtime.main)
+    return features, source
+
+
+def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
+    """Train plus the pool pairs that cfg.augment chooses, with their labels revealed, and the record of what
+    was added. Saved under the cache (train.csv.gz, scores.safetensors, selection.json written last)."""
+    folder = selection_folder(cfg)
+    if not broadcast(cfg.reuse and (folder / "selection.json").exists()):
+        started = time.time()
+        pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_seed)
+        size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
+        features, source = pool_features(cfg, parts, pool, runtime) if cfg.augment == "dasa" else (None, None)
+        if runtime.main:
+            _select_and_save(cfg, parts, pool, size, features, source, folder, started)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+    record = json.loads((folder / "selection.json").read_text())
+    return read_train(folder), record
+
+
+def read_train(folder: Path) -> pd.DataFrame:
+    """The saved augmented train: text kept as written ("NA" is a query, not a missing value)."""
+    return pd.read_csv(folder / "train.csv.gz", keep_default_na=False, na_values={"score": [""]},
+                       dtype={"query": str, "item": str, "item_id": str, "group": str})
+
+
+def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder: Path, started: float) -> None:
+    scores, detectors, seconds = None, {}, {}
+    if features is not None:
+        t = time.perf_counter()
+        scores = score_features(features["train"], parts["train"]["label"].to_numpy(),
+                                {p: features[p] for p in SCORED_PARTS}, cfg.dasa_k, cfg.dasa_knn_search,
+                                cfg.dasa_combination)
+        seconds["scoring"] = round(time.perf_counter() - t, 2)
+        pool_scores = scores["pool"]
+        detectors = {s: detector_quality(pool_scores[s][pool.is_ood], pool_scores[s][~pool.is_ood]) for s in SCORES}
+    rows = choose(cfg.augment, pool, size, cfg.seed, None if scores is None else scores["pool"]["combined"])
+    labels = pool.annotator.reveal(rows)  # the only read of pool labels
+    added = pool.frame.iloc[rows].assign(label=labels, source=np.where(pool.is_ood[rows], "pool_ood", "pool_id"),
+                                         pool_row=rows)
+    train_rows = parts["train"].assign(source="train", pool_row=-1)
+    if scores is not None:
+        added = added.assign(score=scores["pool"]["combined"][rows])
+    train = pd.concat([train_rows, added], ignore_index=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_csv(folder / "train.csv.gz", index=False)
+    if scores is not None:
+        tensors = {f"{p}/{name}": np.asarray(v, dtype=np.float64) for p, d in scores.items() for name, v in d.items()}
+        save_file({**tensors, "pool/is_ood": pool.is_ood.astype(np.int64),
+                   "pool/selected": np.isin(np.arange(len(pool.frame)), rows).astype(np.int64)},
+                  str(folder / "scores.safetensors"))
+    record = {"augment": cfg.augment, "budget": size, "added": len(rows), "revealed": pool.annotator.revealed,
+              "train_before": len(parts["train"]), "train_after": len(train),
+              "pool_sizes": {"pool_id": int((~pool.is_ood).sum()), "pool_ood": int(pool.is_ood.sum())},
+              "ood_share": float(pool.is_ood[rows].mean()) if len(rows) else 0.0,
+              "added_degrees": {d: int((labels == i).sum()) for i, d in enumerate(DEGREES)},
+              "detectors": detectors, "source_run": source and source["checkpoint"],
+              "folder": str(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
+              "settings": {k: getattr(cfg, k) for k in DASA_FIELDS}}
+    partial = folder / "selection.json.tmp"
+    partial.write_text(json.dumps(record, indent=2))
+    partial.replace(folder / "selection.json")  # last and atomic: its presence means the selection is complete
+
+
+def load_scores(record: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The stored scores of a dasa selection: {part: {score name: values}}, plus pool is_ood and selected."""
+    flat = load_file(str(Path(record["folder"]) / "scores.safetensors"))
+    out: dict = {}
+    for name, values in flat.items():
+        part, score = name.split("/", 1)
+        out.setdefault(part, {})[score] = values
+    return out
+
+
+def selected_pairs(record: dict, top: int = 20) -> pd.DataFrame:
+    """The added pairs with the highest scores (dasa) or the first added (controls), for a table."""
+    train = read_train(Path(record["folder"]))
+    added = train[train["source"] != "train"].copy()
+    added["label"] = [DEGREES[i] for i in added["label"]]
+    if "score" in added:
+        added = added.sort_values("score", ascending=False)
+    return added.head(top)[[c for c in ("query", "item", "label", "source", "score") if c in added]]

@@ -3,6 +3,9 @@
     darl-study ft --data train.csv.gz                 # FT baseline: prints and saves ID/OOD macro-F1
     darl-study ft --data ... --occ-lambda 0.5         # FT+OCC (add --occ-direction forward: label smoothing)
     darl-study lpft --data ...                        # LP, LPFT and the alpha sweep; alpha* on id_val
+    darl-study ft --data ... --augment dasa           # FT+DASA: train plus the pool pairs DASA selects
+    darl-study lpft --data ... --augment dasa --occ-lambda 0.5  # DaRL: DASA, then LPFT with OCC
+    darl-study select --data ... --augment dasa       # only the selection: detector AUROCs, OOD share
     darl-study split --data train.csv.gz              # build and save the split, print its summary
     darl-study protocol-gap --data ... --seeds 0 1 2  # FT under every protocol: which has the largest gap
     torchrun --nproc_per_node 2 -m darl_utils ft ...  # several GPUs (or CPU processes, gloo)
@@ -37,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC, or FT+LS when forward)",
                 "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation", "split": "build, save and summarise the split",
+                "select": "build the augmented train set (--augment dasa|random|oracle) and print what was added",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
@@ -68,6 +72,11 @@ def main(argv=None) -> int:
             split = pipeline.prepare_split(cfg)
             print(split.summary().to_string())
             print(f"held out: {split.held_out or '-'}; saved in {split.directory}")
+        elif command == "select":
+            if cfg.augment == "none":
+                raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random or oracle")
+            record = pipeline.prepare(cfg).augmentation
+            print(pipeline.selection_line(record))
         elif command in ("ft", "lpft"):
             result = (pipeline.run_ft if command == "ft" else pipeline.run_lpft)(cfg)
             if result:

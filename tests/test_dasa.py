@@ -1,0 +1,159 @@
+"""DASA end to end on synthetic pairs: the pool's labels stay hidden until selection, the budget and the
+controls, the record, the cache, and retraining (FT and LPFT+OCC) on the augmented train."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from darl_utils import dasa, pipeline
+from darl_utils import features as features_module
+from darl_utils.__main__ import main as cli
+from darl_utils.config import ConfigError
+
+from test_training import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+
+
+def selection(cfg):
+    """The augmented train of cfg (running what it needs) and its record."""
+    ctx = pipeline.prepare(cfg)
+    return ctx.parts["train"], ctx.augmentation
+
+
+def test_budget_is_a_fraction_or_a_count():
+    assert dasa.budget_size(0.1, 300, 1000) == 30 and dasa.budget_size(25.0, 300, 1000) == 25
+    with pytest.raises(ConfigError, match=r"dasa_budget: 2000.0 asks for 2000 pairs but the pool holds 1000"):
+        dasa.budget_size(2000.0, 300, 1000)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("augment", "dsaa", r"augment: 'dsaa' is not one of \['none', 'dasa', 'random', 'oracle'\]"),
+    ("dasa_budget", 2.5, r"dasa_budget: 2.5 must be a fraction in \(0, 1\)"),
+    ("dasa_budget", 0.0, r"dasa_budget: 0.0 must be a fraction"),
+    ("dasa_combination", "sum", r"dasa_combination: 'sum' is not one of"),
+    ("dasa_knn_search", "hnsw", r"dasa_knn_search: 'hnsw' is not one of"),
+    ("dasa_k", 0, r"dasa_k: 0 is out of range"),
+])
+def test_bad_dasa_settings_are_refused(pairs_csv, tiny_encoder, tmp_path, name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", **{name: value}).validate()
+
+
+def test_a_budget_larger_than_the_pool_fails_before_training(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: pytest.fail("trained before the budget check"))
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", augment="dasa", dasa_budget=5000.0)
+    with pytest.raises(ConfigError, match=r"dasa_budget: 5000.0 asks for 5000 pairs but the pool holds \d+"):
+        pipeline.run_ft(cfg)
+    assert cli(["ft", "--data", str(pairs_csv), "--dataset", "csv", "--csv-columns", '{"group": "group"}',
+                "--backbone", tiny_encoder, "--augment", "dasa", "--dasa-budget", "5000", "--no-progress",
+                "--out-dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+
+
+def test_pool_labels_are_read_only_after_selection(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    # Every frame that is turned into features must be label-free when it is the pool, and the annotator is
+    # asked once, after scoring, for exactly the selected rows.
+    events = []
+    real_features, real_score, real_reveal = dasa.cached_features, dasa.score_features, dasa.Annotator.reveal
+
+    def features(model, model_id, frame, *a, **k):
+        events.append(("features", "label" in frame.columns, len(frame)))
+        return real_features(model, model_id, frame, *a, **k)
+
+    def reveal(self, rows):
+        events.append(("reveal", len(rows)))
+        return real_reveal(self, rows)
+
+    monkeypatch.setattr(dasa, "cached_features", features)
+    monkeypatch.setattr(dasa, "score_features", lambda *a, **k: events.append(("score",)) or real_score(*a, **k))
+    monkeypatch.setattr(dasa.Annotator, "reveal", reveal)
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=3, augment="dasa", dasa_budget=20.0)
+    train, record = selection(cfg)
+    pool_size = sum(record["pool_sizes"].values())
+    pool_events = [e for e in events if e[0] == "features" and e[2] == pool_size]
+    assert pool_events and not any(e[1] for e in pool_events)  # the pool was featurised without labels
+    kinds = [e[0] for e in events]
+    assert kinds.count("reveal") == 1 and kinds.index("score") < kinds.index("reveal")
+    assert ("reveal", 20) in events and record["revealed"] == record["added"] == 20
+
+
+def test_the_selection_does_not_depend_on_the_pool_labels(pairs_csv, tiny_encoder, tmp_path):
+    # The same data with the pool's labels shuffled: the same pairs are chosen; only what is revealed differs.
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=3, augment="dasa", dasa_budget=30.0)
+    frame = pd.read_csv(pairs_csv)
+    positions = _file_positions(frame, pipeline.prepare_split(cfg))
+    shuffled = frame.copy()
+    shuffled.loc[positions, "label"] = frame["label"].to_numpy()[np.random.default_rng(0).permutation(positions)]
+    other = tmp_path / "shuffled.csv"
+    shuffled.to_csv(other, index=False)
+    assert not shuffled["label"].equals(frame["label"])
+
+    first, _ = selection(cfg)
+    second, _ = selection(replace(cfg, data=str(other)))
+    a, b = (t[t["source"] != "train"] for t in (first, second))
+    assert list(zip(a["query"], a["item"])) == list(zip(b["query"], b["item"]))
+    assert not np.array_equal(a["label"].to_numpy(), b["label"].to_numpy())  # what the annotator said differs
+    pd.testing.assert_frame_equal(first[first["source"] == "train"], second[second["source"] == "train"])
+
+
+def _file_positions(frame: pd.DataFrame, split) -> np.ndarray:
+    """Positions in the CSV of the pool pairs (matched on their text)."""
+    pool = pd.concat([split["pool_id"], split["pool_ood"]])
+    where = {(q, i): n for n, (q, i) in enumerate(zip(frame["query"], frame["item"]))}
+    return np.array([where[(q, i)] for q, i in zip(pool["query"], pool["item"])])
+
+
+def test_controls_respect_the_budget_and_are_deterministic(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: pytest.fail("a control needs no model"))
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", augment="random", dasa_budget=0.1)
+    train, record = selection(cfg)
+    assert record["budget"] == round(0.1 * record["train_before"]) == record["added"]
+    assert len(train) == record["train_before"] + record["added"] and record["detectors"] == {}
+    again, _ = selection(replace(cfg, reuse=False))
+    pd.testing.assert_frame_equal(train, again)  # same seed, same pairs
+    other, _ = selection(replace(cfg, seed=1))
+    assert set(other["item"]) != set(train["item"])
+    oracle, rec = selection(replace(cfg, augment="oracle"))
+    assert rec["ood_share"] == 1.0 and (oracle["source"] != "pool_id").all()
+    # an oracle budget beyond pool_ood takes all of pool_ood, and says so
+    big, rec = selection(replace(cfg, augment="oracle", dasa_budget=float(rec["pool_sizes"]["pool_ood"] + 5)))
+    assert rec["added"] == rec["pool_sizes"]["pool_ood"] < rec["budget"]
+
+
+def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=4, augment="dasa")
+    ft = pipeline.run_ft(cfg)
+    aug = ft["augmentation"]
+    assert ft["method"] == "FT+DASA" and ft["sizes"]["train"] == aug["train_after"] == aug["train_before"] + aug["added"]
+    assert aug["added"] == round(0.1 * aug["train_before"]) and 0 <= aug["ood_share"] <= 1
+    for score in dasa.SCORES:
+        assert 0 <= aug["detectors"][score]["auroc"] <= 1
+    # the synthetic OOD queries carry digits the train queries never do: the detectors see them
+    assert aug["detectors"]["combined"]["auroc"] > 0.7
+    assert aug["ood_share"] > aug["pool_sizes"]["pool_ood"] / sum(aug["pool_sizes"].values())
+    scores = dasa.load_scores(aug)
+    assert scores["pool"]["selected"].sum() == aug["added"]
+    chosen = scores["pool"]["combined"][scores["pool"]["selected"] == 1]
+    assert chosen.min() >= scores["pool"]["combined"][scores["pool"]["selected"] == 0].max()  # the top B
+    table = dasa.selected_pairs(aug, top=5)
+    assert len(table) == 5 and table["score"].is_monotonic_decreasing
+    # the source FT (train as split) was published beside it, and keeps the key it has without DASA
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [x["method"] for x in lines] == ["FT", "FT+DASA"]
+    assert pipeline.run_ft(replace(cfg, augment="none"))["run_key"] == lines[0]["run_key"]
+
+    # a rerun reuses the selection: no features, no training
+    monkeypatch.setattr(features_module, "predict_logits", lambda *a, **k: pytest.fail("features again"))
+    monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: pytest.fail("trained again"))
+    assert pipeline.run_ft(cfg)["id_test"] == ft["id_test"]
+    monkeypatch.undo()
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    # DaRL: DASA-augmented train, then LPFT with OCC in the fine-tuning stage, on the same selection
+    darl = pipeline.run_lpft(replace(cfg, occ_lambda=0.5, alphas=[0.0, 0.5, 1.0]))
+    assert darl["method"] == "LPFT+OCC+DASA" and darl["augmentation"] == aug
+    assert darl["sizes"]["train"] == aug["train_after"]

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from .config import ConfigError, RunConfig
 from .data import DEGREES, cache_dir
-from .features import cached_features
+from .features import cached_features, feature_path
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, percentile, select_top
 from .splits import Split, subsample
 from .training import Encoded, Runtime, broadcast
@@ -114,8 +114,9 @@ def source_config(cfg: RunConfig) -> RunConfig:
     return replace(cfg, augment="none", occ_lambda=0.0)
 
 
-def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> tuple[dict, dict]:
-    """Features of train, the scored parts and the pool under the source FT model (trained or reused)."""
+def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> tuple[dict, dict, dict]:
+    """Features of train, the scored parts and the pool under the source FT model (trained or reused), the
+    cache files that hold them, and the source run's record."""
     from safetensors.torch import load_model
 
     from .modeling import RelevanceModel, encode_pairs, load_backbone
@@ -127,12 +128,13 @@ def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> 
     load_model(model, str(checkpoint), device=str(runtime.device))
     model_id = f"run|{checkpoint}|{checkpoint.stat().st_mtime_ns}"  # a retrained checkpoint is a new model
     frames = {**{p: parts[p] for p in ("train", "id_val", "id_test", "ood_test")}, "pool": pool.frame}
-    features = {}
+    features, files = {}, {}
     for p, frame in frames.items():
+        files[p] = str(feature_path(model_id, frame, cfg.max_length))
         data = Encoded(encode_pairs(tokenizer, frame["query"], frame["item"], kind, cfg.max_length))
         features[p] = cached_features(model, model_id, frame, data, tokenizer, cfg.max_length, cfg.eval_batch_size,
                                       runtime, cfg.progress and runtime.main)
-    return features, source
+    return features, files, source
 
 
 def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
@@ -143,9 +145,10 @@ def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime)
         started = time.time()
         pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_seed)
         size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
-        features, source = pool_features(cfg, parts, pool, runtime) if cfg.augment == "dasa" else (None, None)
+        features, files, source = (pool_features(cfg, parts, pool, runtime) if cfg.augment == "dasa"
+                                   else (None, {}, None))
         if runtime.main:
-            _select_and_save(cfg, parts, pool, size, features, source, folder, started)
+            _select_and_save(cfg, parts, pool, size, features, source, folder, started, files)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
     record = json.loads((folder / "selection.json").read_text())
@@ -158,7 +161,8 @@ def read_train(folder: Path) -> pd.DataFrame:
                        dtype={"query": str, "item": str, "item_id": str, "group": str})
 
 
-def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder: Path, started: float) -> None:
+def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder: Path, started: float,
+                     files: dict) -> None:
     scores, detectors, seconds = None, {}, {}
     if features is not None:
         t = time.perf_counter()
@@ -188,7 +192,7 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
               "pool_sizes": {"pool_id": int((~pool.is_ood).sum()), "pool_ood": int(pool.is_ood.sum())},
               "ood_share": float(pool.is_ood[rows].mean()) if len(rows) else 0.0,
               "added_degrees": {d: int((labels == i).sum()) for i, d in enumerate(DEGREES)},
-              "detectors": detectors, "source_run": source and source["checkpoint"],
+              "detectors": detectors, "source_run": source and source["checkpoint"], "features": files,
               "folder": str(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
               "settings": {k: getattr(cfg, k) for k in DASA_FIELDS}}
     partial = folder / "selection.json.tmp"
@@ -214,3 +218,35 @@ def selected_pairs(record: dict, top: int = 20) -> pd.DataFrame:
     if "score" in added:
         added = added.sort_values("score", ascending=False)
     return added.head(top)[[c for c in ("query", "item", "label", "source", "score") if c in added]]
+
+
+UMAP_GROUPS = ("train", "pool_id", "pool_ood", "selected", "ood_test")
+
+
+def umap_embedding(record: dict, per_group: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """A 2-D UMAP map of the source model's features: train, pool_id and pool_ood (not selected), the selected
+    pool pairs and ood_test, at most `per_group` points each (drawn with `seed`). Cached beside the selection."""
+    path = Path(record["folder"]) / f"umap-{per_group}-{seed}.safetensors"
+    if not path.exists():
+        scores = load_scores(record)
+        pool = load_file(record["features"]["pool"])["features"]
+        selected, is_ood = scores["pool"]["selected"] == 1, scores["pool"]["is_ood"] == 1
+        groups = {"train": load_file(record["features"]["train"])["features"],
+                  "pool_id": pool[~is_ood & ~selected], "pool_ood": pool[is_ood & ~selected],
+                  "selected": pool[selected], "ood_test": load_file(record["features"]["ood_test"])["features"]}
+        rng = np.random.default_rng(seed)
+        points, codes = [], []
+        for code, name in enumerate(UMAP_GROUPS):
+            x = groups[name]
+            x = x[np.sort(rng.permutation(len(x))[:per_group])]
+            points.append(x)
+            codes.append(np.full(len(x), code, dtype=np.int64))
+        import umap  # slow to import (numba): only here
+        xy = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(
+            np.concatenate(points))
+        partial = path.with_suffix(".tmp")
+        save_file({"xy": np.ascontiguousarray(xy, dtype=np.float32), "group": np.concatenate(codes)}, str(partial))
+        partial.replace(path)
+    saved = load_file(str(path))
+    return pd.DataFrame({"x": saved["xy"][:, 0], "y": saved["xy"][:, 1],
+                         "group": np.array(UMAP_GROUPS)[saved["group"]]})

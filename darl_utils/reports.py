@@ -48,6 +48,9 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
             for name in ("ece", "nll", "brier", "entropy", "confidence"):
                 if "confidence" in r[part]:
                     row[f"{tag}_{name}"] = r[part]["confidence"][name]
+        augmentation = r.get("augmentation") or {}
+        row.update(augment=r["config"].get("augment", "none"), added=augmentation.get("added", 0),
+                   added_ood_share=augmentation.get("ood_share", np.nan))
         rows.append({**row, "rho": r["config"].get("occ_rho"), "record": r})
     return pd.DataFrame(rows)
 
@@ -317,6 +320,98 @@ def verdict_claim3(table: pd.DataFrame, occ: str = "FT+OCC", base: str = "FT") -
     word = "holds" if calmer and kept else "holds in part" if calmer or kept else "does not hold"
     return (f"Claim 3 {word} here: {occ} vs {base} on id_test: entropy {d_ent:+.4f} nats, ECE {d_ece:+.4f}, "
             f"macro-F1 {d_f1:+.4f} ({_beyond(d_f1, sd_f1)}); ood_test macro-F1 {d_ood:+.4f}.")
+
+
+def verdict_claim4(frame: pd.DataFrame) -> str:
+    """Claim 4: DASA (pool pairs chosen by OOD score, then labelled) improves OOD macro-F1 over FT on train;
+    read against random pool pairs of the same number (more data alone) and the oracle (pool_ood pairs)."""
+    by = {m: frame[frame["method"] == m] for m in ("FT", "FT+DASA", "FT+random", "FT+oracle")}
+    if by["FT"].empty or by["FT+DASA"].empty:
+        return "Claim 4: not tested here (FT or FT+DASA missing)."
+    d, sd = _diff(by["FT+DASA"]["ood_macro_f1"], by["FT"]["ood_macro_f1"])
+    d_id, _ = _diff(by["FT+DASA"]["id_macro_f1"], by["FT"]["id_macro_f1"])
+    holds = d > 0 and (not sd or d > sd)
+    text = (f"Claim 4 {'holds' if holds else 'does not hold'} here: FT+DASA vs FT on ood_test macro-F1 {d:+.4f} "
+            f"({_beyond(d, sd)}); id_test {d_id:+.4f}.")
+    if not by["FT+random"].empty:
+        dr, sdr = _diff(by["FT+DASA"]["ood_macro_f1"], by["FT+random"]["ood_macro_f1"])
+        text += (f" Against as many random pool pairs: {dr:+.4f} ({_beyond(dr, sdr)}), so the gain "
+                 f"{'is' if dr > 0 and (not sdr or dr > sdr) else 'is not shown to be'} the selection's rather than more data's.")
+    if not by["FT+oracle"].empty:
+        do, _ = _diff(by["FT+oracle"]["ood_macro_f1"], by["FT"]["ood_macro_f1"])
+        text += f" The oracle (pool_ood pairs) gives {do:+.4f} over FT: the most such a selection could give."
+    shares = frame.groupby("method")["added_ood_share"].mean()
+    if "FT+DASA" in shares and "FT+random" in shares:
+        text += (f" OOD share of the added pairs: DASA {shares['FT+DASA']:.3f}, random {shares['FT+random']:.3f}.")
+    return text
+
+
+# ---- DASA figures (notebook 02) ------------------------------------------------------------------------
+
+def detector_frame(records: list[dict]) -> pd.DataFrame:
+    """AUROC and FPR at 95 % TPR of each score (pool_ood vs pool_id) per seed, from FT+DASA records."""
+    rows = [{"seed": r["config"]["seed"], "score": score, **quality}
+            for r in records for score, quality in r["augmentation"]["detectors"].items()]
+    return pd.DataFrame(rows)
+
+
+def plot_score_histograms(scores: dict, bins: int = 40):
+    """Each score on the pool, pool_id against pool_ood; the combined score with the selection's cut-off."""
+    pool = scores["pool"]
+    is_ood, selected = pool["is_ood"] == 1, pool["selected"] == 1
+    panels = (("mahalanobis_raw", "Mahalanobis (squared distance)"), ("knn_raw", "kNN (k-th distance)"),
+              ("combined", "combined (percentile vs id_val)"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, (name, title) in zip(axes, panels):
+        edges = np.histogram_bin_edges(pool[name], bins=bins)
+        ax.hist(pool[name][~is_ood], bins=edges, alpha=0.6, density=True, label="pool_id")
+        ax.hist(pool[name][is_ood], bins=edges, alpha=0.6, density=True, label="pool_ood")
+        ax.set_title(title)
+        ax.set_xlabel("score (higher = less covered by train)")
+    if selected.any():
+        axes[2].axvline(pool["combined"][selected].min(), color="black", ls="--", label="selected from here")
+    axes[0].set_ylabel("density")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc(scores: dict):
+    """ROC curves of each score for telling pool_ood (positive) from pool_id."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    pool = scores["pool"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for name in ("mahalanobis", "knn", "combined"):
+        fpr, tpr, _ = roc_curve(pool["is_ood"], pool[name])
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(pool['is_ood'], pool[name]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.axhline(0.95, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("false positive rate (pool_id flagged)")
+    ax.set_ylabel("true positive rate (pool_ood flagged)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_umap(embedding: pd.DataFrame):
+    """The UMAP map of the source model's features, selected pool pairs drawn on top."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    styles = {"train": ("lightgrey", 4), "pool_id": ("tab:blue", 5), "pool_ood": ("tab:orange", 5),
+              "ood_test": ("tab:green", 5), "selected": ("black", 9)}
+    for group, (colour, size) in styles.items():
+        points = embedding[embedding["group"] == group]
+        ax.scatter(points["x"], points["y"], s=size, c=colour, alpha=0.9 if group == "selected" else 0.5,
+                   label=f"{group} ({len(points)})", linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=2, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def escaped_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """HTML of a table of data text: every cell escaped, so a title with markup shows as text."""
+    return frame.to_html(index=False, escape=True, float_format=lambda v: f"{v:.{digits}f}")
 
 
 def caveats(cfg, seeds: list, lead: str = "") -> str:

@@ -74,6 +74,7 @@ def test_data_notebook_runs_on_home_depot(tmp_path, homedepot_path, pairs_csv, t
 
 NB03 = NOTEBOOKS / "03_lpft_alpha_sweep.ipynb"
 NB04 = NOTEBOOKS / "04_occ_calibration.ipynb"
+NB02 = NOTEBOOKS / "02_ood_detection.ipynb"
 
 
 def smoke_parameters(pairs_csv, tiny_encoder, out) -> dict:
@@ -115,7 +116,27 @@ def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, ti
     assert [x["finished"] for x in lines if x["method"] == "FT"] == [ft_03[0]["finished"]]
 
 
+def test_ood_detection_notebook_runs_on_the_smoke_profile(tmp_path, pairs_csv, tiny_encoder, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "dasa"), "seeds": [0], "max_pool_pairs": 0,
+              "umap_points": 40, "top_pairs": 5}
+    nb = run_notebook(NB02, tmp_path / "02.ipynb", params, progress=False)
+    text = outputs_text(nb)
+    for row in ("FT", "FT+DASA", "FT+random", "FT+oracle"):
+        assert f"\n{row} " in text, row
+    for score in ("mahalanobis", "knn", "combined"):
+        assert f"\n{score} " in text, score
+    assert "Claim 4 " in text and "OOD share of the added pairs" in text
+    assert images(nb) == 3  # histograms, ROC, UMAP
+    assert list((tmp_path / "cache" / "augment").glob("dasa-*/umap-40-0.safetensors"))  # the map is cached
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    assert html.count("<tr>") >= 5  # the top-selected table
+    lines = [json.loads(x) for x in (tmp_path / "dasa" / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["method"] for x in lines) == ["FT", "FT+DASA", "FT+oracle", "FT+random"]
+
+
 @pytest.mark.parametrize("notebook, parameters, message", [
+    (NB02, {"dasa_budjet": 0.2}, r"unknown parameter 'dasa_budjet'; did you mean 'dasa_budget'\?"),
     (NB03, {"alpahs": [0.5]}, r"unknown parameter 'alpahs'; did you mean 'alphas'\?"),
     (NB04, {"occ_rho": "0.1"}, r"parameter 'occ_rho' = '0.1' is a str, expected float"),
 ])
@@ -130,6 +151,9 @@ def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message
     (NB03, {"seeds": []}, r"seeds: \[\] must be a non-empty list"),
     (NB04, {"rho_sweep": [0.1, 1.0]}, r"occ_rho: 1.0 must be in \[0, 1\)"),
     (NB04, {"settings": {"occ_rho": 0.2}}, r"settings: \['occ_rho'\] are notebook parameters already"),
+    (NB02, {"dasa_budget": 1.5}, r"dasa_budget: 1.5 must be a fraction in \(0, 1\)"),
+    (NB02, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are notebook parameters already"),
+    (NB02, {"umap_points": -1}, r"umap_points: -1 must be >= 0"),
 ])
 def test_new_notebooks_stop_in_the_validation_cell(notebook, parameters, message, tmp_path, pairs_csv, tiny_encoder):
     params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "out"), **parameters}

@@ -2,7 +2,7 @@
 
 One module a concept: data (loaders, degrees), splits (ID/OOD protocols), modeling (backbones, pooling, head),
 training (the loop, the linear probe), features (cached features), losses (OCC), interpolation (LPFT weights),
-ood (DASA's scores and selection), metrics (classification, confidence), config (RunConfig), pipeline (FT and
-LPFT runs, from config to result files), reports (tables, figures, verdicts), notebooks (papermill with
-parameter checks). Command line: `python -m darl_utils --help`.
+ood (DASA's scores), dasa (the unlabelled pool, its selection, the augmented train), metrics (classification,
+confidence), config (RunConfig), pipeline (FT and LPFT runs, from config to result files), reports (tables,
+figures, verdicts), notebooks (papermill with parameter checks). Command line: `python -m darl_utils --help`.
 """

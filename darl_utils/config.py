@@ -73,6 +73,7 @@ class RunConfig:
     dasa_budget: float = 0.1        # B: below 1 a fraction of the train size; from 1 up a whole number of pairs
     dasa_combination: str = "mean"  # how the two score percentiles combine: mean | max | mahalanobis | knn (one alone)
     dasa_k: int = 50                # kNN score: distance to the k-th nearest train feature
+    dasa_mahalanobis: str = "raw"   # Mahalanobis on the raw features (STUDY.md) | normalised (L2 first, as kNN)
     dasa_knn_search: str = "auto"   # exact | ivf (approximate, for large sets) | auto (exact up to 1e9 pool x train pairs)
     max_pool_pairs: int = 0         # sub-sample pool_id and pool_ood each to at most this many pairs; 0 = all
     # running
@@ -148,6 +149,8 @@ class RunConfig:
             bad("augment", f"is not one of {list(AUGMENTS)}")
         if self.dasa_combination not in COMBINATIONS:
             bad("dasa_combination", f"is not one of {list(COMBINATIONS)}")
+        if self.dasa_mahalanobis not in ("raw", "normalised"):
+            bad("dasa_mahalanobis", "is not one of raw, normalised")
         if self.dasa_knn_search not in KNN_SEARCHES:
             bad("dasa_knn_search", f"is not one of {list(KNN_SEARCHES)}")
         if not (0 < self.dasa_budget < 1 or (self.dasa_budget >= 1 and float(self.dasa_budget).is_integer())):

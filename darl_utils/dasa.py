@@ -26,14 +26,16 @@ from safetensors.numpy import load_file, save_file
 from .config import ConfigError, RunConfig
 from .data import DEGREES, cache_dir
 from .features import cached_features, feature_path
-from .ood import Mahalanobis, combine, detector_quality, knn_distance, percentile, select_top
+from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
 from .splits import Split, subsample
 from .training import Encoded, Runtime, broadcast
 
 POOL_PARTS = ("pool_id", "pool_ood")
 SCORED_PARTS = ("id_val", "id_test", "ood_test", "pool")  # train is the reference; id_val the percentile scale
 SCORES = ("mahalanobis", "knn", "combined")
-SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search")  # settings the random and oracle controls ignore
+DETECTED = ("mahalanobis_raw", "knn_raw", "combined")  # what each detector's AUROC is of: raw scores, untied
+# settings the random and oracle controls ignore
+SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search", "dasa_mahalanobis")
 DASA_FIELDS = ("augment", "dasa_budget", "max_pool_pairs") + SCORE_ONLY
 OCC_FIELDS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
 
@@ -91,10 +93,13 @@ def choose(augment: str, pool: Pool, size: int, seed: int, combined: np.ndarray 
 
 
 def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.ndarray], k: int,
-                   search: str, combination: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per part: raw Mahalanobis and kNN scores, their percentiles against id_val, and the combined score."""
-    maha = Mahalanobis(train_x, train_y)
-    raw = {p: {"mahalanobis": maha.score(x), "knn": knn_distance(train_x, x, k, search)} for p, x in features.items()}
+                   search: str, combination: str, mahalanobis: str = "raw") -> dict[str, dict[str, np.ndarray]]:
+    """Per part: raw Mahalanobis and kNN scores, their percentiles against id_val, and the combined score.
+    mahalanobis "normalised" scores unit-length features (the norm of a pooled feature can carry the shift)."""
+    prepare = (lambda x: l2_normalise(x).numpy()) if mahalanobis == "normalised" else (lambda x: x)
+    maha = Mahalanobis(prepare(train_x), train_y)
+    raw = {p: {"mahalanobis": maha.score(prepare(x)), "knn": knn_distance(train_x, x, k, search)}
+           for p, x in features.items()}
     out = {}
     for p, r in raw.items():
         pct = {s: percentile(raw["id_val"][s], v) for s, v in r.items()}
@@ -168,10 +173,10 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
         t = time.perf_counter()
         scores = score_features(features["train"], parts["train"]["label"].to_numpy(),
                                 {p: features[p] for p in SCORED_PARTS}, cfg.dasa_k, cfg.dasa_knn_search,
-                                cfg.dasa_combination)
+                                cfg.dasa_combination, cfg.dasa_mahalanobis)
         seconds["scoring"] = round(time.perf_counter() - t, 2)
-        pool_scores = scores["pool"]
-        detectors = {s: detector_quality(pool_scores[s][pool.is_ood], pool_scores[s][~pool.is_ood]) for s in SCORES}
+        pool_scores = {s: scores["pool"][name] for s, name in zip(SCORES, DETECTED)}
+        detectors = {s: detector_quality(v[pool.is_ood], v[~pool.is_ood]) for s, v in pool_scores.items()}
     rows = choose(cfg.augment, pool, size, cfg.seed, None if scores is None else scores["pool"]["combined"])
     labels = pool.annotator.reveal(rows)  # the only read of pool labels
     added = pool.frame.iloc[rows].assign(label=labels, source=np.where(pool.is_ood[rows], "pool_ood", "pool_id"),

@@ -39,6 +39,7 @@ def test_budget_is_a_fraction_or_a_count():
     ("dasa_combination", "sum", r"dasa_combination: 'sum' is not one of"),
     ("dasa_knn_search", "hnsw", r"dasa_knn_search: 'hnsw' is not one of"),
     ("dasa_k", 0, r"dasa_k: 0 is out of range"),
+    ("dasa_mahalanobis", "whitened", r"dasa_mahalanobis: 'whitened' is not one of raw, normalised"),
 ])
 def test_bad_dasa_settings_are_refused(pairs_csv, tiny_encoder, tmp_path, name, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -157,3 +158,33 @@ def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch
     darl = pipeline.run_lpft(replace(cfg, occ_lambda=0.5, alphas=[0.0, 0.5, 1.0]))
     assert darl["method"] == "LPFT+OCC+DASA" and darl["augmentation"] == aug
     assert darl["sizes"]["train"] == aug["train_after"]
+
+
+def test_tables_of_data_text_are_escaped():
+    from darl_utils.reports import escaped_table
+    html = escaped_table(pd.DataFrame({"query": ["<script>alert(1)</script>"], "item": ["a & b"], "score": [99.5]}))
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a &amp; b" in html
+    assert "99.50" in html
+
+
+def test_select_command_needs_an_augmentation(pairs_csv, tiny_encoder, tmp_path, capsys):
+    args = ["select", "--data", str(pairs_csv), "--dataset", "csv", "--backbone", tiny_encoder,
+            "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]
+    assert cli(args) == 2
+    assert "augment: 'none' selects nothing" in capsys.readouterr().err
+    assert cli(args + ["--augment", "random", "--dasa-budget", "12"]) == 0
+    assert "random: added 12 of B=12 pool pairs" in capsys.readouterr().out
+
+
+def test_normalised_mahalanobis_scores_unit_length_features():
+    from darl_utils.ood import Mahalanobis
+    rng = np.random.default_rng(0)
+    train, y = rng.normal(size=(200, 5)) + 2, rng.integers(0, 3, 200)
+    parts = {"id_val": rng.normal(size=(30, 5)) + 2, "pool": rng.normal(size=(40, 5)) * 3}
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    got = dasa.score_features(train, y, parts, k=5, search="exact", combination="mean", mahalanobis="normalised")
+    expected = Mahalanobis(unit(train), y).score(unit(parts["pool"]))
+    assert np.allclose(got["pool"]["mahalanobis_raw"], expected, rtol=1e-5)
+    raw = dasa.score_features(train, y, parts, k=5, search="exact", combination="mean")
+    assert np.array_equal(raw["pool"]["knn_raw"], got["pool"]["knn_raw"])  # kNN normalises either way
+    assert not np.allclose(raw["pool"]["mahalanobis_raw"], got["pool"]["mahalanobis_raw"])

@@ -13,7 +13,6 @@ beside it for the detector quality, the OOD share of the selection and the oracl
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -1,6 +1,9 @@
 """DASA end to end on synthetic pairs: the pool's labels stay hidden until selection, the budget and the
 controls, the record, the cache, and retraining (FT and LPFT+OCC) on the augmented train."""
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +15,7 @@ from darl_utils import features as features_module
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 
-from test_training import tiny_config
+from test_training import ROOT, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +191,19 @@ def test_normalised_mahalanobis_scores_unit_length_features():
     raw = dasa.score_features(train, y, parts, k=5, search="exact", combination="mean")
     assert np.array_equal(raw["pool"]["knn_raw"], got["pool"]["knn_raw"])  # kNN normalises either way
     assert not np.allclose(raw["pool"]["mahalanobis_raw"], got["pool"]["mahalanobis_raw"])
+
+
+def test_dasa_under_two_processes(pairs_csv, tiny_encoder, tmp_path):
+    """The source FT under DDP, features on process 0, selection on process 0, FT+DASA under DDP: no deadlock."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "darl_utils", "ft", "--dataset", "csv", "--data", str(pairs_csv), "--backbone", tiny_encoder,
+           "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--lr", "2e-3", "--device", "cpu",
+           "--no-progress", "--out-dir", str(out), "--augment", "dasa", "--dasa-budget", "25"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DARL_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [saved] = out.glob("ft-dasa-query_form-seed0-*.json")
+    result = json.loads(saved.read_text())
+    assert result["world_size"] == 2 and result["augmentation"]["added"] == 25
+    assert [json.loads(x)["method"] for x in (out / "results.jsonl").read_text().splitlines()] == ["FT", "FT+DASA"]

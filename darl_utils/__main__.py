@@ -6,6 +6,7 @@
     darl-study ft --data ... --augment dasa           # FT+DASA: train plus the pool pairs DASA selects
     darl-study lpft --data ... --augment dasa --occ-lambda 0.5  # DaRL: DASA, then LPFT with OCC
     darl-study select --data ... --augment dasa       # only the selection: detector AUROCs, OOD share
+    darl-study report --profile quick                 # every notebook with papermill, HTML pages, index.html
     darl-study split --data train.csv.gz              # build and save the split, print its summary
     darl-study protocol-gap --data ... --seeds 0 1 2  # FT under every protocol: which has the largest gap
     torchrun --nproc_per_node 2 -m darl_utils ft ...  # several GPUs (or CPU processes, gloo)
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                 "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation", "split": "build, save and summarise the split",
                 "select": "build the augmented train set (--augment dasa|random|oracle) and print what was added",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
+    report = sub.add_parser("report", help="run the notebooks of a profile and write the HTML report")
+    report.add_argument("--profile", default="quick", help="smoke | quick | full | a YAML file of parameters")
+    report.add_argument("--out", default="reports", help="the report goes to OUT/<profile>/ (default: reports)")
+    report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
         for f in fields(RunConfig):
@@ -64,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "report":
+        from .runner import run_profile
+        try:
+            return run_profile(args["profile"], args["out"], args["progress"])
+        except (ConfigError, DataError, BackboneError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     seeds, protocols = args.pop("seeds", None), args.pop("protocols", None)
     try:
         cfg = RunConfig.from_dict(args).validate()

@@ -1,0 +1,220 @@
+"""The study end to end: every notebook of a profile executed with papermill (kernel `python3`), each written
+out as an executed notebook and an HTML page (code hidden, figures inline), and an index.html that links them.
+
+    darl-study report --profile smoke        # tiny random model on synthetic pairs: checks the machinery
+    darl-study report --profile quick        # Home Depot on a CPU-sized sub-sample, one seed
+    darl-study report --profile full         # all the data, three seeds: meant for a GPU
+    darl-study report --profile mine.yaml    # a user's parameters, in the shape of PROFILES below
+
+Every parameter is checked for every notebook before the first one starts. Models and features are shared
+through the on-disk cache, so a rerun after a finished run takes seconds. A failed notebook still gets its page
+(the error shows there), is marked failed in the index, and the run goes on to the next; the exit status is 1.
+"""
+from __future__ import annotations
+
+import html
+import json
+import subprocess
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, RunConfig
+from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters
+
+# Parameters per profile: "all" goes to every notebook that declares the name, a notebook's own entry (by file
+# stem) overrides it. Notebook defaults fill the rest.
+PROFILES = {
+    "smoke": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_length": 32, "epochs": 3, "lr": 0.002,
+                      "device": "cpu", "seeds": [0],
+                      "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3}},
+              "02_ood_detection": {"max_pool_pairs": 0, "umap_points": 40, "top_pairs": 5},
+              "03_lpft_alpha_sweep": {"alphas": [0.0, 0.5, 0.6, 1.0]},
+              "04_occ_calibration": {"rho_sweep": [0.1, 0.3],
+                                     "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3,
+                                                  "alphas": [0.0, 0.6, 1.0]}}},
+    "quick": {"all": {"max_train_pairs": 2000, "max_eval_pairs": 500, "max_length": 48, "epochs": 1,
+                      "lr": 0.00015, "seeds": [0]},
+              "02_ood_detection": {"max_pool_pairs": 1000, "umap_points": 500},
+              "03_lpft_alpha_sweep": {"alphas": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
+              "04_occ_calibration": {"rho_sweep": [0.1, 0.3]}},
+    "full": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_length": 64, "epochs": 2, "lr": 0.00005,
+                     "seeds": [0, 1, 2]},
+             "02_ood_detection": {"max_pool_pairs": 0}},
+}
+PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pandas", "papermill", "nbconvert", "umap-learn",
+            "faiss-cpu", "torchmetrics")
+
+
+def study_notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def load_profile(profile: str) -> tuple[str, dict]:
+    """(name, spec) of a built-in profile or a YAML file of the same shape."""
+    if profile in PROFILES:
+        return profile, json.loads(json.dumps(PROFILES[profile]))
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        raise ConfigError(f"profile: {profile!r} is neither one of {list(PROFILES)} nor a YAML file that exists")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"profile: {path} is not valid YAML ({e})") from None
+    if not isinstance(spec, dict) or not all(isinstance(v, dict) for v in spec.values()):
+        raise ConfigError(f"profile: {path} must map 'all' and notebook names to mappings of parameters")
+    return path.stem, spec
+
+
+def resolve(spec: dict, notebooks: list[Path], out: Path) -> dict[Path, dict]:
+    """The parameters of every notebook, checked: names, types, then values (through RunConfig.validate)."""
+    names = {nb.stem: nb for nb in notebooks}
+    unknown = sorted(set(spec) - set(names) - {"all"})
+    if unknown:
+        raise ConfigError(f"profile: unknown notebook(s) {unknown}; the study has {sorted(names)}")
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    common = spec.get("all", {})
+    stray = sorted(k for k in common if not any(k in d for d in declared.values()))
+    if stray:
+        raise ConfigError(f"profile: 'all' sets {stray}, which no notebook declares")
+    resolved = {}
+    for nb in notebooks:
+        params = {**{k: v for k, v in common.items() if k in declared[nb]}, **spec.get(nb.stem, {})}
+        if "out_dir" in declared[nb]:
+            params.setdefault("out_dir", str(out / "results" / nb.stem))
+        check_parameters(nb, params)
+        check_values(nb, {**declared[nb], **params})
+        resolved[nb] = params
+    return resolved
+
+
+def check_values(notebook: Path, params: dict) -> None:
+    """Range checks before anything runs: the settings a RunConfig knows, validated as one; seeds."""
+    known = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in params.items() if k in known and k != "out_dir"}  # validate() would create it
+    values.update(params.get("settings", {}))
+    try:
+        RunConfig.from_dict(values).validate()
+        if "seeds" in params:
+            check_seeds(params["seeds"])
+    except ConfigError as e:
+        raise ConfigError(f"{notebook.name}: {e}") from None
+
+
+def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True) -> int:
+    """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise."""
+    from .smoke import smoke_assets
+    name, spec = load_profile(profile)
+    out = Path(out_root) / name
+    if name == "smoke":  # its own data and model, built locally
+        spec["all"] = {**smoke_assets(out / "assets"), **spec.get("all", {})}
+    notebooks = study_notebooks()
+    resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
+    out.mkdir(parents=True, exist_ok=True)
+    statuses = []
+    for nb, params in resolved.items():
+        if progress:
+            print(f"[{len(statuses) + 1}/{len(resolved)}] {nb.name}", flush=True)
+        statuses.append(execute(nb, params, out, progress))
+        write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
+        if progress:
+            print(f"    {statuses[-1]['status']} in {statuses[-1]['seconds']:.0f} s -> {statuses[-1]['page']}",
+                  flush=True)
+    return 0 if all(s["status"] == "finished" for s in statuses) else 1
+
+
+def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    executed = out / notebook.name
+    started, status, error = time.time(), "finished", None
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name="python3",
+                                   cwd=str(NOTEBOOKS.parent), progress_bar=progress)
+    except PapermillExecutionError as e:
+        status, error = "failed", f"{e.ename}: {e.evalue}"
+    page = out / f"{notebook.stem}.html"
+    to_html(executed, page)
+    return {"notebook": notebook.name, "status": status, "error": error, "seconds": round(time.time() - started, 1),
+            "page": page.name, "executed": executed.name}
+
+
+def to_html(executed: Path, page: Path) -> None:
+    """An HTML page of an executed notebook: inputs hidden, figures inline, written at once."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    partial = page.with_suffix(".tmp")
+    partial.write_text(body, encoding="utf-8")
+    partial.replace(page)
+
+
+def provenance() -> dict:
+    """Commit, date, hardware and package versions, for the index."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .pipeline import environment
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=NOTEBOOKS.parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    env = environment()
+    return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": env["device"],
+            "python": env["python"], "versions": versions}
+
+
+def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -> None:
+    """index.html: each notebook's status, run time and page; the results of every method; provenance."""
+    info = provenance()
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><a href=\"{e(s['page'])}\">{e(s['notebook'])}</a></td>"
+        f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
+        f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)
+    pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
+    rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td></tr>" for n in pending)
+    versions = ", ".join(f"{e(k)} {e(v)}" for k, v in info["versions"].items())
+    results = results_table(out)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>darl-study: {e(profile)}</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}.failed{{color:#b00;font-weight:bold}}
+.finished{{color:#070}}</style></head><body>
+<h1>darl-study report: profile {e(profile)}</h1>
+<p>commit {e(info['commit'])} · {e(info['date'])} · {e(info['device'])} · Python {e(info['python'])}</p>
+<p>{versions}</p>
+<h2>Notebooks</h2>
+<table id="notebooks"><tr><th>notebook</th><th>status</th><th>run time</th><th>error</th></tr>{rows}</table>
+<h2>Results (mean ± sd over seeds; every line of results/*/results.jsonl)</h2>
+{results}
+</body></html>
+"""
+    partial = out / "index.html.tmp"
+    partial.write_text(page, encoding="utf-8")
+    partial.replace(out / "index.html")
+
+
+def results_table(out: Path) -> str:
+    """Every evaluated model of the run's notebooks: ID and OOD macro-F1, gap and ECE, as escaped HTML."""
+    import pandas as pd
+
+    from .reports import comparison, mean_sd, read_records, results_frame
+    records = [r for path in sorted((out / "results").glob("*/results.jsonl")) for r in read_records(path)]
+    if not records:
+        return "<p>No results yet.</p>"
+    frame = comparison(results_frame(records))
+    # the same model can be evaluated by several notebooks (shared through the cache): count it once per seed
+    frame = frame.drop_duplicates(subset=["model", "run_key", "seed", "alpha"])
+    columns = [c for c in ("id_macro_f1", "ood_macro_f1", "gap", "id_ece", "ood_ece") if c in frame]
+    table = mean_sd(frame, ["model"], columns)
+    return pd.DataFrame(table).to_html(escape=True, table_id="results")

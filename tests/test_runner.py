@@ -1,0 +1,104 @@
+"""The study runner: profiles checked before anything runs, notebooks executed into HTML pages and an index,
+a failed notebook reported without losing the others, a rerun that trains nothing."""
+import json
+import re
+
+import pytest
+import yaml
+
+from darl_utils import runner
+from darl_utils.__main__ import main as cli
+from darl_utils.config import ConfigError
+from darl_utils.smoke import smoke_assets
+
+PAGE_BUDGET = 2_000_000  # bytes per notebook page, figures included (the template itself is ~0.3 MB)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+
+
+def profile_file(tmp_path, spec) -> str:
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"03_lpft_alpha_sweep": {"alpahs": [0.5]}}, r"03_lpft_alpha_sweep.ipynb: unknown parameter 'alpahs'; did you mean 'alphas'"),
+    ({"all": {"epohcs": 2}}, r"profile: 'all' sets \['epohcs'\], which no notebook declares"),
+    ({"05_nothing": {}}, r"profile: unknown notebook\(s\) \['05_nothing'\]"),
+    ({"all": {"lr": 5.0}}, r"02_ood_detection.ipynb: lr: 5.0 must be in \(0, 1\)"),
+    ({"04_occ_calibration": {"occ_rho": "high"}}, r"parameter 'occ_rho' = 'high' is a str, expected float"),
+    ({"all": {"seeds": [0, 0]}}, r"02_ood_detection.ipynb: seeds: \[0, 0\] must be a non-empty list of distinct"),
+    ({"all": {"data": "no/such/file.csv"}}, r"01_data.ipynb: data: no/such/file.csv does not exist"),
+])
+def test_a_bad_profile_stops_before_any_notebook(tmp_path, spec, message, monkeypatch):
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    with pytest.raises(ConfigError, match=message):
+        runner.run_profile(profile_file(tmp_path, spec), tmp_path / "reports", progress=False)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_profile_files_are_checked(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"profile: 'quik' is neither one of \['smoke', 'quick', 'full'\]"):
+        runner.load_profile("quik")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("all: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML"):
+        runner.load_profile(str(bad))
+    bad.write_text("all: 3\n")
+    with pytest.raises(ConfigError, match=r"must map 'all' and notebook names to mappings"):
+        runner.load_profile(str(bad))
+    assert cli(["report", "--profile", "quik", "--out", str(tmp_path / "r")]) == 2
+    assert "error: profile: 'quik'" in capsys.readouterr().err
+
+
+def test_built_in_profiles_name_only_declared_parameters(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "check_values", lambda *a: None)  # real data may be absent here: names, types
+    for name in runner.PROFILES:
+        runner.resolve(runner.load_profile(name)[1], runner.study_notebooks(), tmp_path)
+
+
+def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
+    out = tmp_path / "reports"
+    assert runner.run_profile("smoke", out, progress=False) == 0
+    folder = out / "smoke"
+    index = (folder / "index.html").read_text()
+    for nb in runner.study_notebooks():
+        page = folder / f"{nb.stem}.html"
+        assert page.stat().st_size < PAGE_BUDGET, (page.name, page.stat().st_size)
+        assert f'<a href="{nb.stem}.html">{nb.name}</a></td><td class="finished">finished' in index
+    assert re.search(r"commit \w+ · \d{4}-\d\d-\d\d", index) and "torch " in index and "CPU" in index
+    assert '<table border="1" class="dataframe" id="results">' in index and "LPFT (alpha*)" in index
+    page = (folder / "02_ood_detection.html").read_text()
+    assert "os.chdir(project_root())" not in page  # code hidden
+    assert "data:image/png;base64" in page and "Claim 4 " in page  # figures inline, verdict shown
+    results = list((folder / "results").glob("*/results.jsonl"))
+    assert len(results) == 3  # 02, 03, 04 write results beside the pages
+
+    # a rerun: every model and feature from the cache, nothing trained again
+    trained = sorted(p.name for p in (tmp_path / "cache" / "runs").iterdir())
+    finished = {p: json.loads(p.read_text())["finished"] for p in (tmp_path / "cache" / "runs").glob("*/result.json")}
+    assert runner.run_profile("smoke", out, progress=False) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "runs").iterdir()) == trained
+    assert {p: json.loads(p.read_text())["finished"] for p in finished} == finished
+
+
+def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
+    assets = smoke_assets(tmp_path / "assets")
+    spec = {"all": {**assets, **runner.PROFILES["smoke"]["all"]},
+            **{k: v for k, v in runner.PROFILES["smoke"].items() if k != "all"}}
+    spec["03_lpft_alpha_sweep"] = {**spec["03_lpft_alpha_sweep"], "protocol": "department", "csv_columns": {}}
+    code = cli(["report", "--profile", profile_file(tmp_path, spec), "--out", str(tmp_path / "reports"),
+                "--no-progress"])
+    assert code == 1
+    folder = tmp_path / "reports" / "mine"
+    index = (folder / "index.html").read_text()
+    assert '03_lpft_alpha_sweep.ipynb</a></td><td class="failed">failed' in index
+    assert "DataError" in index and "group column" in index
+    assert index.count('class="finished">finished') == 3  # 04 ran after 03 failed
+    page = (folder / "03_lpft_alpha_sweep.html").read_text()
+    assert "DataError" in page  # the error is visible on the notebook's own page
+    assert (folder / "results" / "04_occ_calibration" / "results.jsonl").exists()

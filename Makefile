@@ -1,11 +1,12 @@
 # Two commands do all the set-up (see README):
-#   make study   - install what is needed, then run the main job (FT baseline on DARL_DATA)
+#   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
 #   make test    - install what is needed, then run the tests
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
 ENV   ?= .venv
 TORCH ?= torch==2.13.0
 ARGS  ?=
+PROFILE ?= quick
 
 ifeq ($(ENV),active)
 PY    := python
@@ -30,7 +31,7 @@ endif
 	touch $(STAMP)
 
 study: install
-	$(PY) -m darl_utils ft $(ARGS)
+	$(PY) -m darl_utils report --profile $(PROFILE) $(ARGS)
 
 test: install
 	$(PY) -m pytest $(ARGS)

@@ -107,7 +107,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise."""
     from .smoke import smoke_assets
     name, spec = load_profile(profile)
-    out = Path(out_root) / name
+    out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
     if name == "smoke":  # its own data and model, built locally
         spec["all"] = {**smoke_assets(out / "assets"), **spec.get("all", {})}
     notebooks = study_notebooks()
@@ -158,8 +158,11 @@ def provenance() -> dict:
 
     from .pipeline import environment
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=NOTEBOOKS.parent, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
+        git = lambda *a: subprocess.run(["git", *a], cwd=NOTEBOOKS.parent, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
+            commit += " with uncommitted changes"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     versions = {}
@@ -213,8 +216,13 @@ def results_table(out: Path) -> str:
     if not records:
         return "<p>No results yet.</p>"
     frame = comparison(results_frame(records))
-    # the same model can be evaluated by several notebooks (shared through the cache): count it once per seed
-    frame = frame.drop_duplicates(subset=["model", "run_key", "seed", "alpha"])
+    # the same model can be evaluated by several notebooks (shared through the cache, or LP inside two LPFT
+    # runs): count it once per seed
+    frame = frame.drop_duplicates(subset=["model", "seed", "id_macro_f1", "ood_macro_f1"])
+    # a loss swept over rho (notebook 04) is several models under one name: name each by its rho
+    swept = frame.groupby("model")["rho"].transform("nunique") > 1
+    occ = frame["model"].str.contains(r"\+(?:OCC|LS)")
+    frame.loc[swept & occ, "model"] = frame["model"] + frame["rho"].map(lambda r: f" (rho {r:g})")
     columns = [c for c in ("id_macro_f1", "ood_macro_f1", "gap", "id_ece", "ood_ece") if c in frame]
     table = mean_sd(frame, ["model"], columns)
     return pd.DataFrame(table).to_html(escape=True, table_id="results")

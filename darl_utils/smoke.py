@@ -38,8 +38,10 @@ def tiny_model(folder: str | Path, config) -> str:
     from .modeling import resolve_backbone
     folder = Path(folder)
     if not (folder / "config.json").exists():
+        import torch
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
         config.vocab_size = tokenizer.vocab_size
+        torch.manual_seed(0)  # the same tiny model every time, whatever ran before
         AutoModel.from_config(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return str(folder)

@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         elif command == "select":
             if cfg.augment == "none":
                 raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random or oracle")
-            record = pipeline.prepare(cfg).augmentation
-            print(pipeline.selection_line(record))
+            from .dasa import selection_line
+            print(selection_line(pipeline.prepare(cfg).augmentation))
         elif command in ("ft", "lpft"):
             result = (pipeline.run_ft if command == "ft" else pipeline.run_lpft)(cfg)
             if result:

@@ -224,6 +224,15 @@ def selected_pairs(record: dict, top: int = 20) -> pd.DataFrame:
     return added.head(top)[[c for c in ("query", "item", "label", "source", "score") if c in added]]
 
 
+def selection_line(record: dict) -> str:
+    detectors = "  ".join(f"{name} AUROC {q['auroc']:.3f} FPR95 {q['fpr_at_95_tpr']:.3f}"
+                          for name, q in record["detectors"].items())
+    return (f"{record['augment']}: added {record['added']} of B={record['budget']} pool pairs to "
+            f"{record['train_before']} train pairs; OOD share {record['ood_share']:.3f} (pool "
+            f"{record['pool_sizes']['pool_ood'] / sum(record['pool_sizes'].values()):.3f})"
+            + (f"\n{detectors}" if detectors else "") + f"\nsaved in {record['folder']}")
+
+
 UMAP_GROUPS = ("train", "pool_id", "pool_ood", "selected", "ood_test")
 
 

@@ -348,11 +348,3 @@ def summary_line(result: dict) -> str:
             f"ID macro-F1 {i:.4f}  OOD macro-F1 {o:.4f}  gap {i - o:+.4f}  "
             f"ID ECE {result['id_test']['confidence']['ece']:.4f}  ({result['seconds']} s)")
 
-
-def selection_line(record: dict) -> str:
-    detectors = "  ".join(f"{name} AUROC {q['auroc']:.3f} FPR95 {q['fpr_at_95_tpr']:.3f}"
-                          for name, q in record["detectors"].items())
-    return (f"{record['augment']}: added {record['added']} of B={record['budget']} pool pairs to "
-            f"{record['train_before']} train pairs; OOD share {record['ood_share']:.3f} (pool "
-            f"{record['pool_sizes']['pool_ood'] / sum(record['pool_sizes'].values()):.3f})"
-            + (f"\n{detectors}" if detectors else "") + f"\nsaved in {record['folder']}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig
-from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters
+from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters, run_notebook
 
 # Parameters per profile: "all" goes to every notebook that declares the name, a notebook's own entry (by file
 # stem) overrides it. Notebook defaults fill the rest.
@@ -126,13 +126,11 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
 
 
 def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
-    import papermill
     from papermill.exceptions import PapermillExecutionError
     executed = out / notebook.name
     started, status, error = time.time(), "finished", None
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name="python3",
-                                   cwd=str(NOTEBOOKS.parent), progress_bar=progress)
+        run_notebook(notebook, executed, params, progress=progress)
     except PapermillExecutionError as e:
         status, error = "failed", f"{e.ename}: {e.evalue}"
     page = out / f"{notebook.stem}.html"

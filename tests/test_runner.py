@@ -70,7 +70,7 @@ def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
         page = folder / f"{nb.stem}.html"
         assert page.stat().st_size < PAGE_BUDGET, (page.name, page.stat().st_size)
         assert f'<a href="{nb.stem}.html">{nb.name}</a></td><td class="finished">finished' in index
-    assert re.search(r"commit \w+ · \d{4}-\d\d-\d\d", index) and "torch " in index and "CPU" in index
+    assert re.search(r"commit \w+( with uncommitted changes)? · \d{4}-\d\d-\d\d", index) and "torch " in index and "CPU" in index
     assert '<table border="1" class="dataframe" id="results">' in index and "LPFT (alpha*)" in index
     page = (folder / "02_ood_detection.html").read_text()
     assert "os.chdir(project_root())" not in page  # code hidden

@@ -1,6 +1,6 @@
 # Two commands do all the set-up (see README):
 #   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
-#   make test    - install what is needed, then run the tests
+#   make test    - install what is needed (Debian's chromium too, for the report test), then run the tests
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
 ENV   ?= .venv
@@ -16,7 +16,11 @@ PY    := $(ENV)/bin/python
 STAMP := $(ENV)/.installed
 endif
 
-.PHONY: install study test clean-cache
+# the index.html test opens the report in headless Chromium: Debian's package, installed with apt when missing
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CHROMIUM ?= chromium
+
+.PHONY: install browser study test clean-cache
 
 install: $(STAMP)
 
@@ -33,8 +37,12 @@ endif
 study: install
 	$(PY) -m darl_utils report --profile $(PROFILE) $(ARGS)
 
-test: install
-	$(PY) -m pytest $(ARGS)
+browser:
+	command -v $(CHROMIUM) >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: install browser
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(ARGS)
 
 clean-cache:
 	rm -rf data/cache

@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", default="quick", help="smoke | quick | full | a YAML file of parameters")
     report.add_argument("--out", default="reports", help="the report goes to OUT/<profile>/ (default: reports)")
     report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    report.add_argument("--force", action="store_true", help="rerun every notebook, also those unchanged since they last finished")
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
         for f in fields(RunConfig):
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     if command == "report":
         from .runner import run_profile
         try:
-            return run_profile(args["profile"], args["out"], args["progress"])
+            return run_profile(args["profile"], args["out"], args["progress"], args["force"])
         except (ConfigError, DataError, BackboneError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

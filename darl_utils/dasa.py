@@ -108,8 +108,9 @@ def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str,
 
 
 def selection_folder(cfg: RunConfig) -> Path:
-    from .pipeline import LPFT_ONLY, data_fingerprint
-    key = cfg.key(extra=data_fingerprint(cfg.data_path()), exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
+    from .pipeline import LPFT_ONLY, data_fingerprint, processes_tag
+    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(),  # its source FT differs per count
+                  exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
     return cache_dir() / "augment" / f"{cfg.augment}-{key}"
 
 

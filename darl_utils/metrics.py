@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -9,6 +10,8 @@ from .data import DEGREES
 
 LABELS = list(range(len(DEGREES)))
 ECE_BINS = 15  # equal-width confidence bins
+NDCG_K = 10  # ranking depth of nDCG
+GAINS = np.arange(len(DEGREES), dtype=np.float64)  # gain of a degree = its index: irrelevant 0, weak 1, strong 2
 
 
 def classification_metrics(y_true, y_pred) -> dict:
@@ -80,7 +83,28 @@ def confidence_metrics(probs, labels) -> dict:
             "reliability": reliability(p, y)}
 
 
-def evaluate_logits(logits, labels) -> dict:
-    """Everything reported for one model on one part: classification metrics plus `confidence`."""
+def ndcg_at_k(queries, probs, labels, k: int = NDCG_K) -> dict:
+    """Mean nDCG@k over queries (STUDY.md section 6): each query's items ranked by expected relevance
+    (probabilities times gains 0 / 1 / 2), against the ideal order of their gold gains; DCG sums gain / log2(rank + 1). Only queries whose items
+    have at least two different degrees count: with one degree every order is ideal and says nothing."""
+    frame = pd.DataFrame({"query": np.asarray(queries), "score": np.asarray(probs, dtype=np.float64) @ GAINS,
+                          "gain": GAINS[np.asarray(labels)]})
+    discount = 1 / np.log2(np.arange(2, k + 2))
+    values = []
+    for _, items in frame.groupby("query", sort=False):
+        if items["gain"].nunique() < 2:
+            continue
+        ranked = items["gain"].to_numpy()[np.argsort(-items["score"].to_numpy(), kind="stable")][:k]
+        ideal = np.sort(items["gain"].to_numpy())[::-1][:k]
+        values.append((ranked * discount[:len(ranked)]).sum() / (ideal * discount[:len(ideal)]).sum())
+    return {f"ndcg@{k}": float(np.mean(values)) if values else float("nan"), "queries": len(values)}
+
+
+def evaluate_logits(logits, labels, queries=None) -> dict:
+    """Everything reported for one model on one part: classification metrics plus `confidence`, and `ranking`
+    (nDCG@10) when the queries are given."""
     probs = softmax(logits)
-    return {**classification_metrics(labels, probs.argmax(1)), "confidence": confidence_metrics(probs, labels)}
+    out = {**classification_metrics(labels, probs.argmax(1)), "confidence": confidence_metrics(probs, labels)}
+    if queries is not None:
+        out["ranking"] = ndcg_at_k(queries, probs, labels)
+    return out

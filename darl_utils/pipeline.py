@@ -131,12 +131,20 @@ def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss()
 
 
+def processes_tag() -> str:
+    """Part of a trained model's cache key under torchrun: batch_size is per process, so N processes train with
+    N times the batch of one. Empty for one process, so single-process keys stay as they are."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"|processes={world}" if world > 1 else ""
+
+
 def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
     """Where a run's weights, predictions and result live in the cache (shared by every notebook)."""
     from .dasa import augment_exclusions
     exclude = tuple(exclude) + augment_exclusions(cfg)
     slug = method.lower().replace("+", "-")
-    return cache_dir() / "runs" / f"{slug}-{cfg.key(extra=data_fingerprint(cfg.data_path()), exclude=exclude)}"
+    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(), exclude=exclude)
+    return cache_dir() / "runs" / f"{slug}-{key}"
 
 
 def predict_parts(model, ctx: Context) -> dict[str, np.ndarray]:
@@ -147,7 +155,7 @@ def predict_parts(model, ctx: Context) -> dict[str, np.ndarray]:
 
 def evaluate(logits: dict[str, np.ndarray], ctx: Context) -> dict:
     """Classification and confidence metrics per part, and the ID-OOD gap of macro-F1."""
-    out = {p: evaluate_logits(logits[p], ctx.encoded(p).labels) for p in EVAL_PARTS}
+    out = {p: evaluate_logits(logits[p], ctx.encoded(p).labels, ctx.parts[p]["query"].to_numpy()) for p in EVAL_PARTS}
     out["gap_macro_f1"] = out["id_test"]["macro_f1"] - out["ood_test"]["macro_f1"]
     return out
 

@@ -48,6 +48,7 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
             for name in ("ece", "nll", "brier", "entropy", "confidence"):
                 if "confidence" in r[part]:
                     row[f"{tag}_{name}"] = r[part]["confidence"][name]
+            row[f"{tag}_ndcg"] = r[part].get("ranking", {}).get("ndcg@10", np.nan)  # runs cached before nDCG: NaN
         augmentation = r.get("augmentation") or {}
         row.update(augment=r["config"].get("augment", "none"), added=augmentation.get("added", 0),
                    added_ood_share=augmentation.get("ood_share", np.nan))
@@ -292,7 +293,7 @@ def verdict_claim1(ft: pd.DataFrame) -> str:
 
 def verdict_claim2(table: pd.DataFrame) -> str:
     """Claim 2: LPFT (alpha*) balances ID and OOD better than FT: a higher mean of ID and OOD macro-F1."""
-    ft, lpft = table[table["model"] == "FT"], table[table["model"].str.endswith("(alpha*)") & table["model"].str.startswith("LPFT")]
+    ft, lpft = table[table["model"] == "FT"], table[table["model"] == "LPFT (alpha*)"]
     if ft.empty or lpft.empty:
         return "Claim 2: not tested here (FT or LPFT missing)."
     balance = lambda t: (t["id_macro_f1"] + t["ood_macro_f1"]) / 2  # noqa: E731
@@ -425,3 +426,108 @@ def caveats(cfg, seeds: list, lead: str = "") -> str:
         notes.append(f"Train is a sub-sample of at most {cfg.max_train_pairs:,} pairs and models train "
                      f"{cfg.epochs} epoch(s): a budget, not the full study.")
     return " ".join(notes) or "Full train split; differences are judged against the seed spread."
+
+
+# ---- the main table (notebook 05 and the index) -------------------------------------------------------------
+
+# model as comparison() names it -> the name the table shows; DaRL = DASA-augmented train, LPFT with OCC
+MAIN_MODELS = {
+    "FT": "FT",
+    "LP": "LP",
+    "LPFT (alpha*)": "LPFT (alpha*)",
+    "LPFT (0.6)": "LPFT (alpha 0.6)",
+    "FT+LS": "FT + label smoothing",
+    "FT+OCC": "FT + OCC",
+    "FT+DASA": "FT + DASA",
+    "FT+random": "FT + random pool pairs",
+    "LPFT+OCC+DASA (alpha*)": "DaRL (DASA + LPFT + OCC)",
+    "LPFT+OCC (alpha*)": "DaRL without DASA",
+    "FT+OCC+DASA": "DaRL without LPFT",
+    "LPFT+DASA (alpha*)": "DaRL without OCC",
+}
+DARL = "DaRL (DASA + LPFT + OCC)"
+ABLATIONS = {"DASA": "DaRL without DASA", "LPFT": "DaRL without LPFT", "OCC": "DaRL without OCC"}
+BASELINES = ("FT", "LP", "FT + label smoothing")  # what claim 5 calls the baselines: no part of DaRL
+# column -> (heading, which mean is best: max, min, or closest to zero)
+MAIN_COLUMNS = {"id_macro_f1": ("ID macro-F1", "max"), "ood_macro_f1": ("OOD macro-F1", "max"),
+                "gap": ("ID − OOD gap", "zero"), "id_ece": ("ID ECE", "min"), "ood_ece": ("OOD ECE", "min"),
+                "id_ndcg": ("ID nDCG@10", "max"), "ood_ndcg": ("OOD nDCG@10", "max")}
+DEGREE_COLUMNS = {f"{tag}_f1_{d}": (f"{tag.upper()} F1 {d}", "max") for tag in ("id", "ood") for d in DEGREES}
+
+
+def main_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The main table's models, one row per (model, seed), named as shown. A model evaluated twice (LP inside
+    two LPFT runs, a run taken from the cache by two notebooks) counts once."""
+    table = comparison(frame)
+    table = table[table["model"].isin(list(MAIN_MODELS))].drop_duplicates(subset=["model", "seed"])
+    return table.assign(model=table["model"].map(MAIN_MODELS))
+
+
+def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3) -> str:
+    """HTML of 'mean ± sd' per model and column in MAIN_MODELS order, the best mean of each column in bold
+    (ties all bold). Model names are ours; every cell is escaped all the same."""
+    import html
+    order = [m for m in MAIN_MODELS.values() if m in set(table["model"])]
+    grouped = table.groupby("model")
+    mean, sd, n = grouped[list(columns)].mean().loc[order], grouped[list(columns)].std(ddof=1).loc[order], grouped.size()
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns.values())
+    rows = []
+    for model in order:
+        cells = []
+        for column, (_, best) in columns.items():
+            values = mean[column]
+            target = {"max": values.max(), "min": values.min(), "zero": values.abs().min()}[best]
+            v = mean.loc[model, column]
+            text = "–" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(sd.loc[model, column]) else f" ± {sd.loc[model, column]:.{digits}f}")
+            is_best = not pd.isna(v) and np.isclose(abs(v) if best == "zero" else v, target)
+            cells.append(f"<td>{'<b>' + html.escape(text) + '</b>' if is_best else html.escape(text)}</td>")
+        rows.append(f"<tr><th>{html.escape(model)}</th>{''.join(cells)}<td>{n[model]}</td></tr>")
+    return (f'<table class="main dataframe" border="1"><thead><tr><th>model</th>{head}<th>seeds</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def plot_confusions(table: pd.DataFrame, models: list[str]):
+    """Row-normalised confusion matrices (rows = true degree), summed over seeds; id_test and ood_test."""
+    parts = ("id_test", "ood_test")
+    fig, axes = plt.subplots(len(parts), len(models), figsize=(3.1 * len(models), 5.6), squeeze=False)
+    for j, model in enumerate(models):
+        records = table[table["model"] == model]["record"]
+        for i, part in enumerate(parts):
+            counts = np.sum([np.asarray(r[part]["confusion"]) for r in records], axis=0)
+            shares = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
+            sns.heatmap(shares, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=axes[i][j],
+                        xticklabels=DEGREES, yticklabels=DEGREES)
+            axes[i][j].set_title(f"{model}\n{part}", fontsize=9)
+            axes[i][j].set_xlabel("predicted")
+            axes[i][j].set_ylabel("true" if j == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def verdict_claim5(table: pd.DataFrame) -> str:
+    """Claim 5: DaRL beats the baselines (FT, LP, FT + label smoothing) on both ID and OOD macro-F1; then what
+    each part gives, as DaRL minus DaRL without it."""
+    darl = table[table["model"] == DARL]
+    baselines = [b for b in BASELINES if (table["model"] == b).any()]
+    if darl.empty or not baselines:
+        return "Claim 5: not tested here (DaRL or every baseline missing)."
+    parts, verdicts = [], []
+    for column, label in (("id_macro_f1", "ID"), ("ood_macro_f1", "OOD")):
+        best = max(baselines, key=lambda b: table[table["model"] == b][column].mean())
+        d, sd = _diff(darl[column], table[table["model"] == best][column])
+        verdicts.append(d > 0 and (not sd or d > sd))
+        parts.append(f"{label} macro-F1 {darl[column].mean():.4f} against the best baseline there ({best}, "
+                     f"{table[table['model'] == best][column].mean():.4f}): {d:+.4f} ({_beyond(d, sd)})")
+    word = "holds" if all(verdicts) else "holds in part" if any(verdicts) else "does not hold"
+    text = f"Claim 5 {word} here: DaRL's " + "; ".join(parts) + "."
+    gains = []
+    for part, without in ABLATIONS.items():
+        other = table[table["model"] == without]
+        if not other.empty:
+            d_id, _ = _diff(darl["id_macro_f1"], other["id_macro_f1"])
+            d_ood, sd = _diff(darl["ood_macro_f1"], other["ood_macro_f1"])
+            gains.append(f"{part} ID {d_id:+.4f}, OOD {d_ood:+.4f} ({_beyond(d_ood, sd)})")
+    if gains:
+        text += " What each part adds (DaRL minus DaRL without it): " + "; ".join(gains) + "."
+    return text + (" The paper's figures (ID 0.9349, OOD 0.6678) are on its private data and not comparable in "
+                   "level; only the direction of the differences is.")

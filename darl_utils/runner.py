@@ -7,13 +7,20 @@ out as an executed notebook and an HTML page (code hidden, figures inline), and 
     darl-study report --profile mine.yaml    # a user's parameters, in the shape of PROFILES below
 
 Every parameter is checked for every notebook before the first one starts. Models and features are shared
-through the on-disk cache, so a rerun after a finished run takes seconds. A failed notebook still gets its page
+through the on-disk cache, so no model is trained twice for the same settings; a notebook whose source,
+parameters, package code and data are unchanged since it last finished is kept as it is (--force reruns it), so
+a rerun after a finished run takes seconds. A failed notebook still gets its page
 (the error shows there), is marked failed in the index, and the run goes on to the next; the exit status is 1.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
+import io
 import json
+import os
+import shutil
 import subprocess
 import time
 from dataclasses import fields
@@ -26,24 +33,25 @@ from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parame
 
 # Parameters per profile: "all" goes to every notebook that declares the name, a notebook's own entry (by file
 # stem) overrides it. Notebook defaults fill the rest.
+QUICK_ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+SMOKE_ALPHAS = [0.0, 0.5, 0.6, 1.0]
 PROFILES = {
-    "smoke": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_length": 32, "epochs": 3, "lr": 0.002,
-                      "device": "cpu", "seeds": [0],
+    "smoke": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 32, "epochs": 3,
+                      "lr": 0.002, "device": "cpu", "seeds": [0], "alphas": SMOKE_ALPHAS,
                       "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3}},
-              "02_ood_detection": {"max_pool_pairs": 0, "umap_points": 40, "top_pairs": 5},
-              "03_lpft_alpha_sweep": {"alphas": [0.0, 0.5, 0.6, 1.0]},
-              "04_occ_calibration": {"rho_sweep": [0.1, 0.3],
+              "02_ood_detection": {"umap_points": 40, "top_pairs": 5},
+              "04_occ_calibration": {"rho_sweep": [0.1, 0.3],  # 04 takes alphas through settings
                                      "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3,
-                                                  "alphas": [0.0, 0.6, 1.0]}}},
-    "quick": {"all": {"max_train_pairs": 2000, "max_eval_pairs": 500, "max_length": 48, "epochs": 1,
-                      "lr": 0.00015, "seeds": [0]},
-              "02_ood_detection": {"max_pool_pairs": 1000, "umap_points": 500},
-              "03_lpft_alpha_sweep": {"alphas": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
-              "04_occ_calibration": {"rho_sweep": [0.1, 0.3]}},
-    "full": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_length": 64, "epochs": 2, "lr": 0.00005,
-                     "seeds": [0, 1, 2]},
-             "02_ood_detection": {"max_pool_pairs": 0}},
+                                                  "alphas": SMOKE_ALPHAS}}},
+    "quick": {"all": {"max_train_pairs": 2000, "max_eval_pairs": 500, "max_pool_pairs": 1000, "max_length": 48,
+                      "epochs": 1, "lr": 0.00015, "seeds": [0], "alphas": QUICK_ALPHAS},
+              "02_ood_detection": {"umap_points": 500},
+              "04_occ_calibration": {"rho_sweep": [0.1, 0.3], "settings": {"alphas": QUICK_ALPHAS}}},
+    "full": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 64, "epochs": 2,
+                     "lr": 0.00005, "seeds": [0, 1, 2]}},
 }
+# Notebooks share models through the cache only when their settings agree: the same alphas for 03, 04 and 05
+# (else LPFT+OCC is re-evaluated on another alpha list), the same pool size for 02 and 05.
 PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pandas", "papermill", "nbconvert", "umap-learn",
             "faiss-cpu", "torchmetrics")
 
@@ -103,8 +111,10 @@ def check_values(notebook: Path, params: dict) -> None:
         raise ConfigError(f"{notebook.name}: {e}") from None
 
 
-def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True) -> int:
-    """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise."""
+def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True, force: bool = False) -> int:
+    """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise. A notebook whose
+    source, parameters, package code and data are unchanged since it last finished here is kept, not rerun
+    (force reruns it)."""
     from .smoke import smoke_assets
     name, spec = load_profile(profile)
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
@@ -113,21 +123,64 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     notebooks = study_notebooks()
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
     out.mkdir(parents=True, exist_ok=True)
+    ledger = read_ledger(out)
     statuses = []
     for nb, params in resolved.items():
         if progress:
             print(f"[{len(statuses) + 1}/{len(resolved)}] {nb.name}", flush=True)
-        statuses.append(execute(nb, params, out, progress))
+        stamp = fingerprint(nb, params)
+        before = ledger.get(nb.name, {})
+        if not force and before.get("fingerprint") == stamp and before.get("status") == "finished" \
+                and (out / before["page"]).exists():
+            statuses.append({**before, "kept": True})
+        else:
+            statuses.append({**execute(nb, params, out, progress), "fingerprint": stamp, "kept": False})
+            ledger[nb.name] = {k: v for k, v in statuses[-1].items() if k != "kept"}
+            write_ledger(out, ledger)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
         if progress:
-            print(f"    {statuses[-1]['status']} in {statuses[-1]['seconds']:.0f} s -> {statuses[-1]['page']}",
-                  flush=True)
+            s = statuses[-1]
+            print(f"    {'unchanged since ' + s['ran'] + ', kept' if s['kept'] else s['status']} "
+                  f"({s['seconds']:.0f} s) -> {s['page']}", flush=True)
     return 0 if all(s["status"] == "finished" for s in statuses) else 1
+
+
+def fingerprint(notebook: Path, params: dict) -> str:
+    """What a notebook's output depends on: its source, its parameters, the package's code and the data."""
+    from .pipeline import data_fingerprint
+    digest = hashlib.sha1(notebook.read_bytes())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    data = str(params.get("data") or os.environ.get("DARL_DATA", ""))
+    digest.update(data.encode())
+    if data and Path(data).exists():
+        digest.update(data_fingerprint(Path(data)).encode())
+    return digest.hexdigest()[:16]
+
+
+def read_ledger(out: Path) -> dict:
+    path = out / "ledger.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}  # a damaged ledger only means every notebook runs again
+
+
+def write_ledger(out: Path, ledger: dict) -> None:
+    partial = out / "ledger.json.tmp"
+    partial.write_text(json.dumps(ledger, indent=2))
+    partial.replace(out / "ledger.json")
 
 
 def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
     from papermill.exceptions import PapermillExecutionError
     executed = out / notebook.name
+    results = Path(params.get("out_dir", out / "results" / notebook.stem))
+    if results.exists():  # the index reads this run's results only; the last ones stay beside it
+        previous = results.with_name(results.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        results.rename(previous)
     started, status, error = time.time(), "finished", None
     try:
         run_notebook(notebook, executed, params, progress=progress)
@@ -136,7 +189,7 @@ def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
     page = out / f"{notebook.stem}.html"
     to_html(executed, page)
     return {"notebook": notebook.name, "status": status, "error": error, "seconds": round(time.time() - started, 1),
-            "page": page.name, "executed": executed.name}
+            "page": page.name, "executed": executed.name, "ran": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def to_html(executed: Path, page: Path) -> None:
@@ -175,34 +228,76 @@ def provenance() -> dict:
 
 
 def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -> None:
-    """index.html: each notebook's status, run time and page; the results of every method; provenance."""
+    """index.html: the main table (notebook 05), the alpha sweep (notebook 03), each notebook's status, run time
+    and page, every evaluated model, and the provenance."""
     info = provenance()
     e = html.escape
     rows = "".join(
         f"<tr><td><a href=\"{e(s['page'])}\">{e(s['notebook'])}</a></td>"
         f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
+        f"<td>{e(s.get('ran', ''))}{' (unchanged: kept)' if s.get('kept') else ''}</td>"
         f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)
     pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
-    rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td></tr>" for n in pending)
+    rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td><td></td></tr>" for n in pending)
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in info["versions"].items())
-    results = results_table(out)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>darl-study: {e(profile)}</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
+<style>body{{font-family:sans-serif;max-width:75em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}.failed{{color:#b00;font-weight:bold}}
-.finished{{color:#070}}</style></head><body>
+.finished{{color:#070}}img{{max-width:100%}}</style></head><body>
 <h1>darl-study report: profile {e(profile)}</h1>
 <p>commit {e(info['commit'])} · {e(info['date'])} · {e(info['device'])} · Python {e(info['python'])}</p>
 <p>{versions}</p>
+<h2>Main table (notebook 05; mean ± sd over seeds, best in bold)</h2>
+{main_table(out)}
+<p>macro-F1 over the three degrees on id_test (ID) and ood_test (OOD); ECE with 15 bins; nDCG@10 per query by
+expected relevance. Best: highest F1 and nDCG, lowest ECE, gap closest to zero. The verdicts on each claim are on
+the notebook pages.</p>
+<h2>LPFT: macro-F1 against alpha (notebook 03)</h2>
+{alpha_sweep_figure(out)}
 <h2>Notebooks</h2>
-<table id="notebooks"><tr><th>notebook</th><th>status</th><th>run time</th><th>error</th></tr>{rows}</table>
-<h2>Results (mean ± sd over seeds; every line of results/*/results.jsonl)</h2>
-{results}
+<table id="notebooks"><tr><th>notebook</th><th>status</th><th>run time</th><th>ran</th><th>error</th></tr>{rows}</table>
+<details><summary>Every evaluated model of every notebook (results/*/results.jsonl)</summary>
+{results_table(out)}
+</details>
 </body></html>
 """
     partial = out / "index.html.tmp"
     partial.write_text(page, encoding="utf-8")
     partial.replace(out / "index.html")
+
+
+def main_table(out: Path) -> str:
+    """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
+    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, read_records, results_frame
+    path = out / "results" / "05_evaluation" / "results.jsonl"
+    if not path.exists():
+        return "<p>Notebook 05 has no results yet.</p>"
+    table = main_frame(results_frame(read_records(path)))
+    return bold_best_table(table, MAIN_COLUMNS) if len(table) else "<p>Notebook 05 has no results yet.</p>"
+
+
+def alpha_sweep_figure(out: Path) -> str:
+    """The alpha-sweep figure of the LPFT runs (notebook 03, else 05) as an inline PNG."""
+    import matplotlib
+    matplotlib.use("Agg")  # the runner has no display
+    import matplotlib.pyplot as plt
+
+    from .reports import plot_alpha_sweep, results_frame, sweep_frame
+    for notebook in ("03_lpft_alpha_sweep", "05_evaluation"):
+        runs = [json.loads(p.read_text()) for p in sorted((out / "results" / notebook).glob("*.json"))]
+        lpft = [r for r in runs if r.get("method") == "LPFT" and "sweep" in r]
+        if lpft:
+            break
+    else:
+        return "<p>No LPFT run yet.</p>"
+    ft = [r for r in runs if r.get("method") == "FT"]
+    fig = plot_alpha_sweep(sweep_frame(lpft), results_frame(ft) if ft else None)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
+    plt.close(fig)
+    return (f'<img id="alpha-sweep" alt="macro-F1 of LPFT against alpha on id_val, id_test and ood_test" '
+            f'src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
 
 
 def results_table(out: Path) -> str:

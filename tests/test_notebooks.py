@@ -75,6 +75,7 @@ def test_data_notebook_runs_on_home_depot(tmp_path, homedepot_path, pairs_csv, t
 NB03 = NOTEBOOKS / "03_lpft_alpha_sweep.ipynb"
 NB04 = NOTEBOOKS / "04_occ_calibration.ipynb"
 NB02 = NOTEBOOKS / "02_ood_detection.ipynb"
+NB05 = NOTEBOOKS / "05_evaluation.ipynb"
 
 
 def smoke_parameters(pairs_csv, tiny_encoder, out) -> dict:
@@ -139,6 +140,7 @@ def test_ood_detection_notebook_runs_on_the_smoke_profile(tmp_path, pairs_csv, t
     (NB02, {"dasa_budjet": 0.2}, r"unknown parameter 'dasa_budjet'; did you mean 'dasa_budget'\?"),
     (NB03, {"alpahs": [0.5]}, r"unknown parameter 'alpahs'; did you mean 'alphas'\?"),
     (NB04, {"occ_rho": "0.1"}, r"parameter 'occ_rho' = '0.1' is a str, expected float"),
+    (NB05, {"with_ablation": False}, r"unknown parameter 'with_ablation'; did you mean 'with_ablations'\?"),
 ])
 def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message):
     with pytest.raises(ConfigError, match=message):
@@ -154,6 +156,9 @@ def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message
     (NB02, {"dasa_budget": 1.5}, r"dasa_budget: 1.5 must be a fraction in \(0, 1\)"),
     (NB02, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are notebook parameters already"),
     (NB02, {"umap_points": -1}, r"umap_points: -1 must be >= 0"),
+    (NB05, {"occ_lambda": 0.0}, r"occ_lambda, occ_rho: 0.0, 0.1 must both be > 0 to test OCC"),
+    (NB05, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are notebook parameters already"),
+    (NB05, {"dasa_combination": "median"}, r"dasa_combination: 'median'"),
 ])
 def test_new_notebooks_stop_in_the_validation_cell(notebook, parameters, message, tmp_path, pairs_csv, tiny_encoder):
     params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "out"), **parameters}

@@ -1,12 +1,16 @@
 """The study runner: profiles checked before anything runs, notebooks executed into HTML pages and an index,
 a failed notebook reported without losing the others, a rerun that trains nothing."""
+import html
 import json
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
 
-from darl_utils import runner
+from darl_utils import reports, runner
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 from darl_utils.smoke import smoke_assets
@@ -61,36 +65,88 @@ def test_built_in_profiles_name_only_declared_parameters(monkeypatch, tmp_path):
         runner.resolve(runner.load_profile(name)[1], runner.study_notebooks(), tmp_path)
 
 
-def test_smoke_profile_end_to_end(tmp_path, monkeypatch):
-    out = tmp_path / "reports"
-    assert runner.run_profile("smoke", out, progress=False) == 0
-    folder = out / "smoke"
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    """The smoke profile run once for the tests below: (report folder, cache folder)."""
+    root = tmp_path_factory.mktemp("smoke")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DARL_CACHE", str(root / "cache"))
+        assert runner.run_profile("smoke", root / "reports", progress=False) == 0
+    return root / "reports" / "smoke", root / "cache"
+
+
+def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
+    folder, _ = smoke_report
     index = (folder / "index.html").read_text()
     for nb in runner.study_notebooks():
         page = folder / f"{nb.stem}.html"
         assert page.stat().st_size < PAGE_BUDGET, (page.name, page.stat().st_size)
         assert f'<a href="{nb.stem}.html">{nb.name}</a></td><td class="finished">finished' in index
+    assert len(runner.study_notebooks()) == 5
+    assert (folder / "index.html").stat().st_size < PAGE_BUDGET
     assert re.search(r"commit \w+( with uncommitted changes)? · \d{4}-\d\d-\d\d", index) and "torch " in index and "CPU" in index
-    assert '<table border="1" class="dataframe" id="results">' in index and "LPFT (alpha*)" in index
+    # the main table of notebook 05: every model and ablation, best values in bold; the alpha sweep inline
+    main = index[index.index('<table class="main dataframe"'):]
+    main = main[:main.index("</table>")]
+    for model in reports.MAIN_MODELS.values():
+        assert f"<th>{html.escape(model)}</th>" in main, model
+    assert main.count("<b>") >= len(reports.MAIN_COLUMNS) and "nDCG@10" in main
+    assert '<img id="alpha-sweep"' in index and "data:image/png;base64" in index
+    assert '<table border="1" class="dataframe" id="results">' in index  # every model, in a details element
     page = (folder / "02_ood_detection.html").read_text()
     assert "os.chdir(project_root())" not in page  # code hidden
     assert "data:image/png;base64" in page and "Claim 4 " in page  # figures inline, verdict shown
-    results = list((folder / "results").glob("*/results.jsonl"))
-    assert len(results) == 3  # 02, 03, 04 write results beside the pages
+    page = (folder / "05_evaluation.html").read_text()
+    for claim in range(1, 6):
+        assert f"Claim {claim} " in page
+    results = sorted(p.parent.name for p in (folder / "results").glob("*/results.jsonl"))
+    assert results == ["02_ood_detection", "03_lpft_alpha_sweep", "04_occ_calibration", "05_evaluation"]
 
-    # a rerun: every model and feature from the cache, nothing trained again
-    trained = sorted(p.name for p in (tmp_path / "cache" / "runs").iterdir())
-    finished = {p: json.loads(p.read_text())["finished"] for p in (tmp_path / "cache" / "runs").glob("*/result.json")}
-    assert runner.run_profile("smoke", out, progress=False) == 0
-    assert sorted(p.name for p in (tmp_path / "cache" / "runs").iterdir()) == trained
+
+def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch):
+    folder, cache = smoke_report
+    monkeypatch.setenv("DARL_CACHE", str(cache))
+    pages = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"}
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("an unchanged notebook ran again"))
+    assert runner.run_profile("smoke", folder.parent, progress=False) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"} == pages
+    assert (folder / "index.html").read_text().count("(unchanged: kept)") == 5
+    monkeypatch.undo()
+    monkeypatch.setenv("DARL_CACHE", str(cache))
+    # forced: every notebook executes again, but every model and feature comes from the cache
+    trained = sorted(p.name for p in (cache / "runs").iterdir())
+    finished = {p: json.loads(p.read_text())["finished"] for p in (cache / "runs").glob("*/result.json")}
+    assert runner.run_profile("smoke", folder.parent, progress=False, force=True) == 0
+    assert sorted(p.name for p in (cache / "runs").iterdir()) == trained
     assert {p: json.loads(p.read_text())["finished"] for p in finished} == finished
+    assert "(unchanged: kept)" not in (folder / "index.html").read_text()
+    assert (folder / "results" / "05_evaluation.previous" / "results.jsonl").exists()  # the last results kept aside
+
+
+def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
+    """Chromium lays the page out: the main table has a row per model and a real size on the screen."""
+    folder, _ = smoke_report
+    probe = tmp_path / "probe.html"  # the index plus a script that reports the laid-out table in the title
+    probe.write_text((folder / "index.html").read_text().replace("</body>", (
+        '<script>const t = document.querySelector("table.main"), r = t.getBoundingClientRect();'
+        'const img = document.getElementById("alpha-sweep");'
+        'document.title = JSON.stringify({rows: t.rows.length, width: r.width, height: r.height,'
+        ' first: t.rows[1].cells[0].textContent, image: img.naturalWidth});</script></body>')))
+    chromium = os.environ.get("CHROMIUM", "chromium")
+    assert shutil.which(chromium), f"{chromium} not found: make test installs Debian's chromium"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    laid_out = json.loads(html.unescape(re.search(r"<title>(.*?)</title>", dom).group(1)))
+    assert laid_out["rows"] == 1 + len(reports.MAIN_MODELS)
+    assert laid_out["width"] > 400 and laid_out["height"] > 20 * len(reports.MAIN_MODELS)
+    assert laid_out["first"] == "FT" and laid_out["image"] > 300
 
 
 def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
     assets = smoke_assets(tmp_path / "assets")
     spec = {"all": {**assets, **runner.PROFILES["smoke"]["all"]},
             **{k: v for k, v in runner.PROFILES["smoke"].items() if k != "all"}}
-    spec["03_lpft_alpha_sweep"] = {**spec["03_lpft_alpha_sweep"], "protocol": "department", "csv_columns": {}}
+    spec["03_lpft_alpha_sweep"] = {"protocol": "department", "csv_columns": {}}
     code = cli(["report", "--profile", profile_file(tmp_path, spec), "--out", str(tmp_path / "reports"),
                 "--no-progress"])
     assert code == 1
@@ -98,7 +154,7 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     index = (folder / "index.html").read_text()
     assert '03_lpft_alpha_sweep.ipynb</a></td><td class="failed">failed' in index
     assert "DataError" in index and "group column" in index
-    assert index.count('class="finished">finished') == 3  # 04 ran after 03 failed
+    assert index.count('class="finished">finished') == 4  # 04 and 05 ran after 03 failed
     page = (folder / "03_lpft_alpha_sweep.html").read_text()
     assert "DataError" in page  # the error is visible on the notebook's own page
     assert (folder / "results" / "04_occ_calibration" / "results.jsonl").exists()

@@ -13,7 +13,7 @@ from safetensors.torch import load_model
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.modeling import RelevanceModel, load_backbone
-from darl_utils.pipeline import encode, prepare_split, run_ft, sized_parts
+from darl_utils.pipeline import LPFT_ONLY, encode, prepare_split, run_folder, run_ft, sized_parts
 from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,9 @@ def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):
     assert a == b  # both processes hold the same weights after training: gradients were synchronised
     # each process saw half of the training batches
     assert result["fit"]["steps_per_epoch"] == -(-result["sizes"]["train"] // (2 * 8))
+    # twice the batch of one process: a one-process run of the same settings has its own cache folder
+    one = run_folder("FT", RunConfig(**result["config"]), exclude=LPFT_ONLY)
+    assert Path(result["checkpoint"]).name != one.name and one.name.startswith("ft-")
     assert "ID macro-F1" in run.stdout
 
 

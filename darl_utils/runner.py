@@ -33,7 +33,7 @@ from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parame
 
 # Parameters per profile: "all" goes to every notebook that declares the name, a notebook's own entry (by file
 # stem) overrides it. Notebook defaults fill the rest.
-QUICK_ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+QUICK_ALPHAS = [0.0, 0.3, 0.6, 1.0]
 SMOKE_ALPHAS = [0.0, 0.5, 0.6, 1.0]
 PROFILES = {
     "smoke": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 32, "epochs": 3,
@@ -43,10 +43,11 @@ PROFILES = {
               "04_occ_calibration": {"rho_sweep": [0.1, 0.3],  # 04 takes alphas through settings
                                      "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3,
                                                   "alphas": SMOKE_ALPHAS}}},
-    "quick": {"all": {"max_train_pairs": 2000, "max_eval_pairs": 500, "max_pool_pairs": 1000, "max_length": 48,
+    # quick: sized for all five notebooks in under 20 minutes on 2 CPU cores (README): 11 fine-tuning runs
+    "quick": {"all": {"max_train_pairs": 1500, "max_eval_pairs": 400, "max_pool_pairs": 1000, "max_length": 48,
                       "epochs": 1, "lr": 0.00015, "seeds": [0], "alphas": QUICK_ALPHAS},
-              "02_ood_detection": {"umap_points": 500},
-              "04_occ_calibration": {"rho_sweep": [0.1, 0.3], "settings": {"alphas": QUICK_ALPHAS}}},
+              "02_ood_detection": {"umap_points": 300},
+              "04_occ_calibration": {"rho_sweep": [], "settings": {"alphas": QUICK_ALPHAS}}},
     "full": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 64, "epochs": 2,
                      "lr": 0.00005, "seeds": [0, 1, 2]}},
 }
@@ -239,6 +240,7 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
         f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)
     pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
     rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td><td></td></tr>" for n in pending)
+    rows += f"<tr><th>all</th><td></td><th>{sum(s['seconds'] for s in statuses) / 60:.1f} min</th><td></td><td></td></tr>"
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in info["versions"].items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>darl-study: {e(profile)}</title>

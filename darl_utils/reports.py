@@ -529,5 +529,9 @@ def verdict_claim5(table: pd.DataFrame) -> str:
             gains.append(f"{part} ID {d_id:+.4f}, OOD {d_ood:+.4f} ({_beyond(d_ood, sd)})")
     if gains:
         text += " What each part adds (DaRL minus DaRL without it): " + "; ".join(gains) + "."
+    if "alpha" in darl and (darl["alpha"] == 0).all():
+        text += (" DaRL's alpha* is 0 on every seed: id_val preferred the probe to any mix with the fine-tuned "
+                 "weights, so DaRL is LP on the augmented train, and OCC, which acts in the fine-tuning stage, "
+                 "does not enter it.")
     return text + (" The paper's figures (ID 0.9349, OOD 0.6678) are on its private data and not comparable in "
                    "level; only the direction of the differences is.")

@@ -48,3 +48,6 @@ def test_claim5_verdict_reads_the_numbers():
     worse_ood = frame(*base, rows(reports.DARL, [0.56, 0.57], [0.42, 0.425]))
     assert reports.verdict_claim5(worse_ood).startswith("Claim 5 holds in part")
     assert reports.verdict_claim5(frame(*base)).startswith("Claim 5: not tested here")
+    assert "alpha* is 0" not in text
+    probe_only = better.assign(alpha=np.where(better["model"] == reports.DARL, 0.0, 1.0))
+    assert "DaRL's alpha* is 0 on every seed" in reports.verdict_claim5(probe_only)

@@ -177,7 +177,7 @@ def write_ledger(out: Path, ledger: dict) -> None:
 def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
     from papermill.exceptions import PapermillExecutionError
     executed = out / notebook.name
-    results = Path(params.get("out_dir", out / "results" / notebook.stem))
+    results = NOTEBOOKS.parent / params.get("out_dir", out / "results" / notebook.stem)  # notebooks run there
     if results.exists():  # the index reads this run's results only; the last ones stay beside it
         previous = results.with_name(results.name + ".previous")
         shutil.rmtree(previous, ignore_errors=True)

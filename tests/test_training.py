@@ -40,7 +40,8 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     assert sum(result["sizes"].values()) > 300  # a few hundred pairs
     for part in ("id_test", "ood_test"):
         m = result[part]
-        assert set(m) == {"n", "macro_f1", "f1_per_degree", "accuracy", "confusion", "confidence"}
+        assert set(m) == {"n", "macro_f1", "f1_per_degree", "accuracy", "confusion", "confidence", "ranking"}
+        assert 0 < m["ranking"]["ndcg@10"] <= 1 and m["ranking"]["queries"] > 0
         assert {"entropy", "ece", "nll", "brier", "per_degree", "reliability"} <= set(m["confidence"])
         assert np.array(m["confusion"]).sum() == m["n"] == result["sizes"][part]
     # the colour word decides the degree: a working loop learns it, a broken one stays near chance (1/3)

@@ -6,3 +6,8 @@ ood (DASA's scores), dasa (the unlabelled pool, its selection, the augmented tra
 confidence), config (RunConfig), pipeline (FT and LPFT runs, from config to result files), reports (tables,
 figures, verdicts), notebooks (papermill with parameter checks). Command line: `python -m darl_utils --help`.
 """
+import warnings
+
+# Libraries we call use tqdm.auto, which warns inside a notebook without ipywidgets; our bars are plain text, and
+# the warning would print a local path into every HTML page.
+warnings.filterwarnings("ignore", message="IProgress not found")

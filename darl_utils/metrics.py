@@ -85,8 +85,9 @@ def confidence_metrics(probs, labels) -> dict:
 
 def ndcg_at_k(queries, probs, labels, k: int = NDCG_K) -> dict:
     """Mean nDCG@k over queries (STUDY.md section 6): each query's items ranked by expected relevance
-    (probabilities times gains 0 / 1 / 2), against the ideal order of their gold gains; DCG sums gain / log2(rank + 1). Only queries whose items
-    have at least two different degrees count: with one degree every order is ideal and says nothing."""
+    (probabilities times gains 0 / 1 / 2), against the ideal order of their gold gains; DCG sums
+    gain / log2(rank + 1). Only queries whose items have at least two different degrees count: with one degree
+    every order is ideal and says nothing."""
     frame = pd.DataFrame({"query": np.asarray(queries), "score": np.asarray(probs, dtype=np.float64) @ GAINS,
                           "gain": GAINS[np.asarray(labels)]})
     discount = 1 / np.log2(np.arange(2, k + 2))

@@ -39,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darl-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC, or FT+LS when forward)",
+    commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC; forward: FT+fKL or FT+LS)",
                 "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation", "split": "build, save and summarise the split",
-                "select": "build the augmented train set (--augment dasa|random|oracle) and print what was added",
+                "select": "build the augmented train set (--augment dasa|random|oracle|length_matched) and print what was "
+                          "added, with every candidate representation's detector quality",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
     report = sub.add_parser("report", help="run the notebooks of a profile and write the HTML report")
     report.add_argument("--profile", default="quick", help="smoke | quick | full | a YAML file of parameters")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
             print(f"held out: {split.held_out or '-'}; saved in {split.directory}")
         elif command == "select":
             if cfg.augment == "none":
-                raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random or oracle")
+                raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random, oracle or length_matched")
             from .dasa import selection_line
             print(selection_line(pipeline.prepare(cfg).augmentation))
         elif command in ("ft", "lpft"):

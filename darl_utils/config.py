@@ -19,7 +19,7 @@ from .training import TrainSettings
 
 
 RUNNING = ("progress", "reuse", "out_dir", "eval_batch_size")  # change how a run goes, not its result
-AUGMENTS = ("none", "dasa", "random", "oracle")
+AUGMENTS = ("none", "dasa", "random", "oracle", "length_matched")
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
 
 
@@ -37,7 +37,8 @@ class RunConfig:
     # split (STUDY.md section 3)
     protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
     held_out: list[str] = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
-    split_seed: int = 0             # salt of the query hash that assigns parts
+    split_seed: int = -1            # salt of the query hash that assigns parts; -1 = the run's seed, so the
+                                    # spread over seeds includes split variance (>= 0 pins one split)
     max_train_pairs: int = 0        # sub-sample train to at most this many pairs (whole queries); 0 = all
     max_eval_pairs: int = 0         # same for id_val, id_test and ood_test; 0 = all
     # model
@@ -69,11 +70,16 @@ class RunConfig:
     occ_direction: str = "reverse"  # reverse = KL(p || q), OCC | forward = KL(q || p), label smoothing
     occ_stage: str = "ft"           # where LPFT uses the OCC loss: lp | ft | both (plain FT uses it unless lp)
     # DASA (STUDY.md section 5): the training set, as split or augmented with labelled pool pairs
-    augment: str = "none"           # none | dasa (top-B pool pairs by OOD score) | random (B random pool pairs) | oracle (B pool_ood pairs)
+    augment: str = "none"           # none | dasa (top-B pool pairs by OOD score) | random (B random pool pairs) |
+                                    # oracle (B pool_ood pairs) | length_matched (B random pool pairs with the
+                                    # token counts of DASA's selection)
     dasa_budget: float = 0.1        # B: below 1 a fraction of the train size; from 1 up a whole number of pairs
     dasa_combination: str = "mean"  # how the two score percentiles combine: mean | max | mahalanobis | knn (one alone)
     dasa_k: int = 50                # kNN score: distance to the k-th nearest train feature
-    dasa_mahalanobis: str = "raw"   # Mahalanobis on the raw features (STUDY.md) | normalised (L2 first, as kNN)
+    dasa_features: str = "query_first"  # what DASA scores: query_first | query_mean (the query alone, encoded by
+                                        # the fine-tuned backbone) | pair_mean | pair_first | head_hidden
+                                        # (docs/STUDY.md section 5 has the measurements behind the default)
+    dasa_mahalanobis: str = "normalised"  # Mahalanobis on L2-normalised features (as kNN) | raw
     dasa_knn_search: str = "auto"   # exact | ivf (approximate, for large sets) | auto (exact up to 1e9 pool x train pairs)
     max_pool_pairs: int = 0         # sub-sample pool_id and pool_ood each to at most this many pairs; 0 = all
     # running
@@ -89,7 +95,12 @@ class RunConfig:
         return Path(where).expanduser()
 
     def split_config(self) -> SplitConfig:
-        return SplitConfig(protocol=self.protocol, held_out=tuple(self.held_out), seed=self.split_seed)
+        return SplitConfig(protocol=self.protocol, held_out=tuple(self.held_out), seed=self.split_salt)
+
+    @property
+    def split_salt(self) -> int:
+        """The salt that assigns queries to parts and draws sub-samples: split_seed, or the run's seed."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def train_settings(self) -> TrainSettings:
         names = {f.name for f in fields(TrainSettings)}
@@ -98,9 +109,10 @@ class RunConfig:
     def key(self, *names: str, extra: str = "", exclude: tuple = ()) -> str:
         """A short hash of the named settings (when none: all but those that only steer the running, and
         `exclude`) and `extra`, to name cached artefacts and runs."""
-        d = asdict(self)
+        from .cache import code_fingerprint
+        d = {**asdict(self), "split_seed": self.split_salt}  # -1 and the seed it stands for are one split
         names = names or tuple(k for k in sorted(d) if k not in RUNNING + tuple(exclude))
-        chosen = {**{k: d[k] for k in names}, "extra": extra}
+        chosen = {**{k: d[k] for k in names}, "extra": extra, "code": code_fingerprint()}
         return hashlib.sha1(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def validate(self) -> "RunConfig":
@@ -119,9 +131,11 @@ class RunConfig:
             bad("protocol", f"is not one of {list(PROTOCOLS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "is not one of auto, cpu, cuda")
-        for name in ("max_train_pairs", "max_eval_pairs", "patience", "split_seed", "seed"):
+        for name in ("max_train_pairs", "max_eval_pairs", "patience", "seed"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if self.split_seed < -1:
+            bad("split_seed", "must be >= 0, or -1 for the run's seed")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
@@ -149,6 +163,9 @@ class RunConfig:
             bad("augment", f"is not one of {list(AUGMENTS)}")
         if self.dasa_combination not in COMBINATIONS:
             bad("dasa_combination", f"is not one of {list(COMBINATIONS)}")
+        from .representations import REPRESENTATIONS
+        if self.dasa_features not in REPRESENTATIONS:
+            bad("dasa_features", f"is not one of {list(REPRESENTATIONS)}")
         if self.dasa_mahalanobis not in ("raw", "normalised"):
             bad("dasa_mahalanobis", "is not one of raw, normalised")
         if self.dasa_knn_search not in KNN_SEARCHES:

@@ -1,8 +1,13 @@
-"""DASA (STUDY.md section 5): score the unlabelled pool with two OOD detectors on the features of the model
-fine-tuned on train, take the B pairs that train covers worst, reveal their labels, and add them to train.
+"""DASA (docs/STUDY.md section 5): score the unlabelled pool with two OOD detectors on a representation of the
+model fine-tuned on train, take the B pairs that train covers worst, reveal their labels, and add them to train.
 
-Controls with the same B: `random` pool pairs; `oracle`, pool_ood pairs (an upper bound: it knows which pairs
-are OOD); `none`, train as split.
+The representation is `dasa_features` (by default the query alone, encoded by the fine-tuned backbone: pair
+features mostly measured the pair's length). Every candidate representation is measured on each selection (AUROC
+overall and within token-count quintiles, correlation with length) and recorded beside it.
+
+Controls with the same B: `random` pool pairs; `length_matched`, random pool pairs with the token counts of
+DASA's selection (does DASA select OOD pairs, or pairs of some length?); `oracle`, pool_ood pairs (an upper
+bound: it knows which pairs are OOD); `none`, train as split.
 
 The pool's labels live in an `Annotator` and come out only through `reveal`, called once, after the selection:
 the frame that is scored has no label column. Which part a pool pair came from (pool_id or pool_ood) is kept
@@ -22,19 +27,21 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file, save_file
 
+from .cache import data_fingerprint, processes_tag
 from .config import ConfigError, RunConfig
 from .data import DEGREES, cache_dir
-from .features import cached_features, feature_path
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
+from .representations import (QUERY_SIDE, REPRESENTATIONS, cached_representations, length_correlation,
+                              length_stratified_auroc, representation_path)
 from .splits import Split, subsample
-from .training import Encoded, Runtime, broadcast
+from .training import Runtime, broadcast
 
 POOL_PARTS = ("pool_id", "pool_ood")
 SCORED_PARTS = ("id_val", "id_test", "ood_test", "pool")  # train is the reference; id_val the percentile scale
 SCORES = ("mahalanobis", "knn", "combined")
 DETECTED = ("mahalanobis_raw", "knn_raw", "combined")  # what each detector's AUROC is of: raw scores, untied
 # settings the random and oracle controls ignore
-SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search", "dasa_mahalanobis")
+SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search", "dasa_mahalanobis", "dasa_features")
 DASA_FIELDS = ("augment", "dasa_budget", "max_pool_pairs") + SCORE_ONLY
 OCC_FIELDS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
 
@@ -42,7 +49,7 @@ OCC_FIELDS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage"
 def augment_exclusions(cfg: RunConfig) -> tuple:
     """Settings that do not change this run's training set, so they stay out of its cache key (plain runs
     keep the keys they had before DASA existed)."""
-    return DASA_FIELDS if cfg.augment == "none" else SCORE_ONLY if cfg.augment != "dasa" else ()
+    return DASA_FIELDS if cfg.augment == "none" else () if cfg.augment in ("dasa", "length_matched") else SCORE_ONLY
 
 
 class Annotator:
@@ -91,14 +98,43 @@ def choose(augment: str, pool: Pool, size: int, seed: int, combined: np.ndarray 
     return np.sort(rng.choice(ood_rows, min(size, len(ood_rows)), replace=False))
 
 
-def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.ndarray], k: int,
-                   search: str, combination: str, mahalanobis: str = "raw") -> dict[str, dict[str, np.ndarray]]:
-    """Per part: raw Mahalanobis and kNN scores, their percentiles against id_val, and the combined score.
-    mahalanobis "normalised" scores unit-length features (the norm of a pooled feature can carry the shift)."""
+def length_matched_rows(tokens: np.ndarray, selected: np.ndarray, seed: int) -> np.ndarray:
+    """Pool rows drawn at random with the token counts of `selected` (DASA's rows): for each selected pair one
+    pool pair of the same count, else of the nearest count still available. Separates "selects OOD pairs" from
+    "selects pairs of some length"."""
+    rng = np.random.default_rng(seed)
+    available = {t: list(rng.permutation(np.flatnonzero(tokens == t))) for t in np.unique(tokens)}
+    chosen = []
+    for t in rng.permutation(np.asarray(tokens)[selected]):
+        nearest = min((c for c, rows in available.items() if rows), key=lambda c: (abs(c - t), c))
+        chosen.append(available[nearest].pop())
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def raw_scores(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.ndarray], k: int, search: str,
+               mahalanobis: str = "raw", knn_reference: np.ndarray | None = None) -> dict[str, dict]:
+    """Per part: the raw Mahalanobis and kNN scores. mahalanobis "normalised" scores unit-length features (the
+    norm of a pooled feature can carry the shift). kNN searches `knn_reference` (default train_x): with query
+    features, train's distinct queries, as a query repeated over its pairs would fill the k nearest itself."""
     prepare = (lambda x: l2_normalise(x).numpy()) if mahalanobis == "normalised" else (lambda x: x)
+    reference = train_x if knn_reference is None else knn_reference
     maha = Mahalanobis(prepare(train_x), train_y)
-    raw = {p: {"mahalanobis": maha.score(prepare(x)), "knn": knn_distance(train_x, x, k, search)}
-           for p, x in features.items()}
+    # k counts train pairs; among distinct queries the same coverage is k scaled by their share of the pairs
+    k = max(1, min(round(k * len(reference) / len(train_x)), len(reference)))
+    return {p: {"mahalanobis": maha.score(prepare(x)), "knn": knn_distance(reference, x, k, search)}
+            for p, x in features.items()}
+
+
+def distinct_rows(queries: np.ndarray) -> np.ndarray:
+    """The first row of each distinct query."""
+    return np.sort(np.unique(np.asarray(queries, dtype=str), return_index=True)[1])
+
+
+def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.ndarray], k: int,
+                   search: str, combination: str, mahalanobis: str = "raw",
+                   knn_reference: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per part: raw Mahalanobis and kNN scores, their percentiles against id_val, and the combined score."""
+    raw = raw_scores(train_x, train_y, features, k, search, mahalanobis, knn_reference)
     out = {}
     for p, r in raw.items():
         pct = {s: percentile(raw["id_val"][s], v) for s, v in r.items()}
@@ -108,23 +144,25 @@ def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str,
 
 
 def selection_folder(cfg: RunConfig) -> Path:
-    from .pipeline import LPFT_ONLY, data_fingerprint, processes_tag
+    from .pipeline import LPFT_ONLY
     key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(),  # its source FT differs per count
                   exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
     return cache_dir() / "augment" / f"{cfg.augment}-{key}"
 
 
 def source_config(cfg: RunConfig) -> RunConfig:
-    """The model whose features DASA scores: plain FT (cross-entropy) on train as split, same settings."""
-    return replace(cfg, augment="none", occ_lambda=0.0)
+    """The model whose features DASA scores: plain FT (cross-entropy, every OCC setting at its default) on train
+    as split, otherwise the same settings."""
+    plain = RunConfig()
+    return replace(cfg, augment="none", **{name: getattr(plain, name) for name in OCC_FIELDS})
 
 
 def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> tuple[dict, dict, dict]:
-    """Features of train, the scored parts and the pool under the source FT model (trained or reused), the
-    cache files that hold them, and the source run's record."""
+    """Every candidate representation (and token counts) of train, the scored parts and the pool under the
+    source FT model (trained or reused), the cache files that hold them, and the source run's record."""
     from safetensors.torch import load_model
 
-    from .modeling import RelevanceModel, encode_pairs, load_backbone
+    from .modeling import RelevanceModel, load_backbone
     from .pipeline import run_ft
     source = broadcast(run_ft(source_config(cfg)))
     checkpoint = Path(source["checkpoint"]) / "model.safetensors"
@@ -135,11 +173,36 @@ def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> 
     frames = {**{p: parts[p] for p in ("train", "id_val", "id_test", "ood_test")}, "pool": pool.frame}
     features, files = {}, {}
     for p, frame in frames.items():
-        files[p] = str(feature_path(model_id, frame, cfg.max_length))
-        data = Encoded(encode_pairs(tokenizer, frame["query"], frame["item"], kind, cfg.max_length))
-        features[p] = cached_features(model, model_id, frame, data, tokenizer, cfg.max_length, cfg.eval_batch_size,
-                                      runtime, cfg.progress and runtime.main)
+        files[p] = str(representation_path(model_id, frame, cfg.max_length))
+        features[p] = cached_representations(model, model_id, frame, tokenizer, cfg.max_length,
+                                             cfg.eval_batch_size, runtime, cfg.progress and runtime.main)
     return features, files, source
+
+
+DETECTOR_VARIANTS = (("mahalanobis", "raw"), ("mahalanobis", "normalised"), ("knn", "normalised"))
+
+
+def representation_table(features: dict, train_y: np.ndarray, train_queries: np.ndarray, is_ood: np.ndarray,
+                         k: int, search: str) -> list[dict]:
+    """For every candidate representation and detector: AUROC (pool_ood vs pool_id) overall and within
+    token-count quintiles, and the score's Spearman correlation with the token count."""
+    rows, tokens = [], features["pool"]["tokens"]
+    for name in REPRESENTATIONS:
+        train_x = features["train"][name]
+        reference = train_x[distinct_rows(train_queries)] if name in QUERY_SIDE else None
+        scores = {m: raw_scores(train_x, train_y, {"pool": features["pool"][name]}, k, search, m, reference)["pool"]
+                  for m in ("raw", "normalised")}
+        for detector, variant in DETECTOR_VARIANTS:
+            values = scores[variant][detector]
+            rows.append({"representation": name, "detector": f"{detector} ({variant})" if detector != "knn"
+                         else "knn", **quality_by_length(values, is_ood, tokens)})
+    return rows
+
+
+def quality_by_length(scores: np.ndarray, is_ood: np.ndarray, tokens: np.ndarray) -> dict:
+    """AUROC and FPR95 of a score, its AUROC within token-count quintiles and its correlation with length."""
+    return {**detector_quality(scores[is_ood], scores[~is_ood]), **length_stratified_auroc(scores, is_ood, tokens),
+            "corr_tokens": length_correlation(scores, tokens)}
 
 
 def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
@@ -148,12 +211,15 @@ def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime)
     folder = selection_folder(cfg)
     if not broadcast(cfg.reuse and (folder / "selection.json").exists()):
         started = time.time()
-        pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_seed)
+        pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_salt)
         size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
+        matched = None
+        if cfg.augment == "length_matched":  # DASA's own selection first: its token counts are the target
+            matched = augmented_train(replace(cfg, augment="dasa"), split, parts, runtime)[1]
         features, files, source = (pool_features(cfg, parts, pool, runtime) if cfg.augment == "dasa"
                                    else (None, {}, None))
         if runtime.main:
-            _select_and_save(cfg, parts, pool, size, features, source, folder, started, files)
+            _select_and_save(cfg, parts, pool, size, features, source, folder, started, files, matched)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
     record = json.loads((folder / "selection.json").read_text())
@@ -166,18 +232,47 @@ def read_train(folder: Path) -> pd.DataFrame:
                        dtype={"query": str, "item": str, "item_id": str, "group": str})
 
 
+def _dasa_scores(cfg: RunConfig, parts: dict, pool: Pool, features: dict) -> tuple[dict, dict, list]:
+    """The scores of the chosen representation on every scored part, each detector's quality on the pool, and
+    the table of every candidate representation."""
+    name, train_y = cfg.dasa_features, parts["train"]["label"].to_numpy()
+    train_queries, tokens = parts["train"]["query"].to_numpy(), features["pool"]["tokens"]
+    train_x = features["train"][name]
+    reference = train_x[distinct_rows(train_queries)] if name in QUERY_SIDE else None
+    scores = score_features(train_x, train_y, {p: features[p][name] for p in SCORED_PARTS}, cfg.dasa_k,
+                            cfg.dasa_knn_search, cfg.dasa_combination, cfg.dasa_mahalanobis, reference)
+    scores["pool"]["tokens"] = tokens
+    detectors = {s: quality_by_length(scores["pool"][raw], pool.is_ood, tokens) for s, raw in zip(SCORES, DETECTED)}
+    table = representation_table(features, train_y, train_queries, pool.is_ood, cfg.dasa_k, cfg.dasa_knn_search)
+    return scores, detectors, table
+
+
+def _matched_rows(cfg: RunConfig, dasa_record: dict) -> tuple[np.ndarray, dict]:
+    """Rows of the length-matched control and how well their token counts match DASA's selection."""
+    scores = load_scores(dasa_record)["pool"]
+    tokens, selected = scores["tokens"], np.flatnonzero(scores["selected"] == 1)
+    rows = length_matched_rows(tokens, selected, cfg.seed)
+    match = {"dasa_mean_tokens": float(tokens[selected].mean()), "mean_tokens": float(tokens[rows].mean()),
+             "pool_mean_tokens": float(tokens.mean()),
+             "same_count_share": float(np.mean(np.sort(tokens[rows]) == np.sort(tokens[selected]))),
+             "dasa_selection": dasa_record["folder"]}
+    return rows, match
+
+
 def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder: Path, started: float,
-                     files: dict) -> None:
-    scores, detectors, seconds = None, {}, {}
+                     files: dict, matched: dict | None = None) -> None:
+    scores, detectors, table, seconds, lengths = None, {}, [], {}, {}
     if features is not None:
         t = time.perf_counter()
-        scores = score_features(features["train"], parts["train"]["label"].to_numpy(),
-                                {p: features[p] for p in SCORED_PARTS}, cfg.dasa_k, cfg.dasa_knn_search,
-                                cfg.dasa_combination, cfg.dasa_mahalanobis)
+        scores, detectors, table = _dasa_scores(cfg, parts, pool, features)
         seconds["scoring"] = round(time.perf_counter() - t, 2)
-        pool_scores = {s: scores["pool"][name] for s, name in zip(SCORES, DETECTED)}
-        detectors = {s: detector_quality(v[pool.is_ood], v[~pool.is_ood]) for s, v in pool_scores.items()}
-    rows = choose(cfg.augment, pool, size, cfg.seed, None if scores is None else scores["pool"]["combined"])
+    if matched is not None:
+        rows, lengths = _matched_rows(cfg, matched)
+    else:
+        rows = choose(cfg.augment, pool, size, cfg.seed, None if scores is None else scores["pool"]["combined"])
+    if scores is not None:
+        tokens = scores["pool"]["tokens"]
+        lengths = {"selected_mean_tokens": float(tokens[rows].mean()), "pool_mean_tokens": float(tokens.mean())}
     labels = pool.annotator.reveal(rows)  # the only read of pool labels
     added = pool.frame.iloc[rows].assign(label=labels, source=np.where(pool.is_ood[rows], "pool_ood", "pool_id"),
                                          pool_row=rows)
@@ -188,8 +283,9 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
     folder.mkdir(parents=True, exist_ok=True)
     train.to_csv(folder / "train.csv.gz", index=False)
     if scores is not None:
-        tensors = {f"{p}/{name}": np.asarray(v, dtype=np.float64) for p, d in scores.items() for name, v in d.items()}
-        save_file({**tensors, "pool/is_ood": pool.is_ood.astype(np.int64),
+        tensors = {f"{p}/{name}": np.asarray(v, dtype=np.float64) for p, d in scores.items() for name, v in d.items()
+                   if name != "tokens"}
+        save_file({**tensors, "pool/is_ood": pool.is_ood.astype(np.int64), "pool/tokens": scores["pool"]["tokens"],
                    "pool/selected": np.isin(np.arange(len(pool.frame)), rows).astype(np.int64)},
                   str(folder / "scores.safetensors"))
     record = {"augment": cfg.augment, "budget": size, "added": len(rows), "revealed": pool.annotator.revealed,
@@ -197,7 +293,8 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
               "pool_sizes": {"pool_id": int((~pool.is_ood).sum()), "pool_ood": int(pool.is_ood.sum())},
               "ood_share": float(pool.is_ood[rows].mean()) if len(rows) else 0.0,
               "added_degrees": {d: int((labels == i).sum()) for i, d in enumerate(DEGREES)},
-              "detectors": detectors, "source_run": source and source["checkpoint"], "features": files,
+              "detectors": detectors, "representations": table, "lengths": lengths,
+              "source_run": source and source["checkpoint"], "features": files,
               "folder": str(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
               "settings": {k: getattr(cfg, k) for k in DASA_FIELDS}}
     partial = folder / "selection.json.tmp"
@@ -226,28 +323,39 @@ def selected_pairs(record: dict, top: int = 20) -> pd.DataFrame:
 
 
 def selection_line(record: dict) -> str:
-    detectors = "  ".join(f"{name} AUROC {q['auroc']:.3f} FPR95 {q['fpr_at_95_tpr']:.3f}"
+    detectors = "\n".join(f"  {name}: AUROC {q['auroc']:.3f} (within length quintiles "
+                          f"{q.get('auroc_within_length', float('nan')):.3f}), FPR95 {q['fpr_at_95_tpr']:.3f}, "
+                          f"corr with tokens {q.get('corr_tokens', float('nan')):+.2f}"
                           for name, q in record["detectors"].items())
-    return (f"{record['augment']}: added {record['added']} of B={record['budget']} pool pairs to "
+    text = (f"{record['augment']}: added {record['added']} of B={record['budget']} pool pairs to "
             f"{record['train_before']} train pairs; OOD share {record['ood_share']:.3f} (pool "
-            f"{record['pool_sizes']['pool_ood'] / sum(record['pool_sizes'].values()):.3f})"
-            + (f"\n{detectors}" if detectors else "") + f"\nsaved in {record['folder']}")
+            f"{record['pool_sizes']['pool_ood'] / sum(record['pool_sizes'].values()):.3f})")
+    if record.get("lengths"):
+        text += "\n  tokens: " + ", ".join(f"{k} {v:.1f}" for k, v in record["lengths"].items()
+                                           if isinstance(v, float))
+    if detectors:
+        text += f"\n{detectors}"
+    if record.get("representations"):
+        table = pd.DataFrame(record["representations"]).set_index(["representation", "detector"])
+        text += "\n" + table[["auroc", "auroc_within_length", "corr_tokens"]].round(3).to_string()
+    return text
 
 
 UMAP_GROUPS = ("train", "pool_id", "pool_ood", "selected", "ood_test")
 
 
 def umap_embedding(record: dict, per_group: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """A 2-D UMAP map of the source model's features: train, pool_id and pool_ood (not selected), the selected
+    """A 2-D UMAP map of the source model's features (the representation DASA scored): train, pool_id and pool_ood (not selected), the selected
     pool pairs and ood_test, at most `per_group` points each (drawn with `seed`). Cached beside the selection."""
     path = Path(record["folder"]) / f"umap-{per_group}-{seed}.safetensors"
     if not path.exists():
         scores = load_scores(record)
-        pool = load_file(record["features"]["pool"])["features"]
+        name = record["settings"]["dasa_features"]
+        read = lambda part: load_file(record["features"][part])[name]  # noqa: E731
+        pool = read("pool")
         selected, is_ood = scores["pool"]["selected"] == 1, scores["pool"]["is_ood"] == 1
-        groups = {"train": load_file(record["features"]["train"])["features"],
-                  "pool_id": pool[~is_ood & ~selected], "pool_ood": pool[is_ood & ~selected],
-                  "selected": pool[selected], "ood_test": load_file(record["features"]["ood_test"])["features"]}
+        groups = {"train": read("train"), "pool_id": pool[~is_ood & ~selected], "pool_ood": pool[is_ood & ~selected],
+                  "selected": pool[selected], "ood_test": read("ood_test")}
         rng = np.random.default_rng(seed)
         points, codes = [], []
         for code, name in enumerate(UMAP_GROUPS):

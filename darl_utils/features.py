@@ -27,7 +27,8 @@ def text_hash(frame: pd.DataFrame) -> str:
 
 
 def feature_path(model_id: str, frame: pd.DataFrame, max_length: int):
-    key = hashlib.sha1(f"{model_id}|{max_length}|{text_hash(frame)}".encode()).hexdigest()[:16]
+    from .cache import code_fingerprint  # features.py is itself among the fingerprinted modules
+    key = hashlib.sha1(f"{model_id}|{max_length}|{text_hash(frame)}|{code_fingerprint()}".encode()).hexdigest()[:16]
     return cache_dir() / "features" / f"{key}.safetensors"
 
 

@@ -143,14 +143,22 @@ class RelevanceModel(nn.Module):
         self._takes_positions = takes and (kind == "decoder" or not offset)
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        return pool(hidden, attention_mask, self.pooling)
+
+    @property
+    def pooling(self) -> str:
+        return "last" if self.kind == "decoder" else "mean"
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """The backbone's last layer, one vector per token."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if self._takes_positions:
             # Count positions over real tokens only, so left padding does not shift them.
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(**kwargs).last_hidden_state
-        return pool(hidden, attention_mask, "last" if self.kind == "decoder" else "mean")
+        return self.backbone(**kwargs).last_hidden_state
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask, token_type_ids))
@@ -158,6 +166,8 @@ class RelevanceModel(nn.Module):
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     mask = mask.bool()
+    if how == "first":  # the first token ([CLS] of an encoder's pair encoding), padding on the right
+        return hidden[:, 0]
     if how == "mean":
         summed = hidden.masked_fill(~mask[..., None], 0.0).sum(1)  # masked_fill: pad rows may hold NaN
         return summed / mask.sum(1, keepdim=True).clamp(min=1)

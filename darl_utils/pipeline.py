@@ -9,6 +9,7 @@ a folder per run (weights, per-sample predictions, result.json) that later calls
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
+from .cache import data_fingerprint, processes_tag
 from .config import RunConfig
 from .data import cache_dir, load_pairs
 from .features import cached_features
@@ -43,12 +45,6 @@ def load_data(cfg: RunConfig):
     return load_pairs(cfg.dataset, cfg.data_path(), **options)
 
 
-def data_fingerprint(path: Path) -> str:
-    """Size and modification time of the data (every file of a folder): a changed file gets a new cache key."""
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
-
-
 def prepare_split(cfg: RunConfig) -> Split:
     """The split for the config's data and protocol, saved with its summary under the cache (once)."""
     pairs = load_data(cfg)
@@ -65,8 +61,9 @@ def prepare_split(cfg: RunConfig) -> Split:
 
 def sized_parts(split: Split, cfg: RunConfig) -> dict[str, pd.DataFrame]:
     """train, id_val, id_test and ood_test, sub-sampled by whole queries when the config asks."""
-    return {"train": subsample(split["train"], cfg.max_train_pairs, cfg.split_seed),
-            **{p: subsample(split[p], cfg.max_eval_pairs, cfg.split_seed) for p in ("id_val", "id_test", "ood_test")}}
+    salt = cfg.split_salt
+    return {"train": subsample(split["train"], cfg.max_train_pairs, salt),
+            **{p: subsample(split[p], cfg.max_eval_pairs, salt) for p in ("id_val", "id_test", "ood_test")}}
 
 
 def encode(df: pd.DataFrame, tokenizer, kind: str, max_length: int) -> Encoded:
@@ -116,12 +113,17 @@ def prepare(cfg: RunConfig) -> Context:
 
 
 def method_name(base: str, cfg: RunConfig) -> str:
-    """FT, LP or LPFT, with +OCC (reverse KL) or +LS (forward KL = label smoothing) when a stage of the method
-    uses the OCC loss."""
+    """FT, LP or LPFT, with the loss of a stage that uses the OCC term: +OCC (reverse KL, OCC itself), +fKL (the
+    forward KL with the ordinal prior: OCC's control) or +LS (the forward KL with the uniform prior: label
+    smoothing); then the augmentation of train."""
     stages = {"FT": ("ft", "both"), "LP": ("lp", "both"), "LPFT": ("lp", "ft", "both")}[base]
     uses = cfg.occ_lambda > 0 and cfg.occ_stage in stages
-    augment = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle"}[cfg.augment]
-    return base + (("+OCC" if cfg.occ_direction == "reverse" else "+LS") if uses else "") + augment
+    loss = "+OCC" if cfg.occ_direction == "reverse" else "+fKL" if cfg.occ_prior == "ordinal" else "+LS"
+    return base + (loss if uses else "") + AUGMENT_TAGS[cfg.augment]
+
+
+AUGMENT_TAGS = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle",
+                "length_matched": "+length-matched"}
 
 
 def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
@@ -129,13 +131,6 @@ def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
     if cfg.occ_lambda > 0 and cfg.occ_stage in (stage, "both"):
         return make_loss(cfg.occ_lambda, cfg.occ_rho, cfg.occ_prior, cfg.occ_direction)
     return torch.nn.CrossEntropyLoss()
-
-
-def processes_tag() -> str:
-    """Part of a trained model's cache key under torchrun: batch_size is per process, so N processes train with
-    N times the batch of one. Empty for one process, so single-process keys stay as they are."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"|processes={world}" if world > 1 else ""
 
 
 def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
@@ -166,7 +161,13 @@ def prediction_tensors(logits: dict, ctx: Context, prefix: str = "") -> dict[str
     for p, values in logits.items():
         tensors[f"{prefix}{p}/probs"] = softmax(values).astype(np.float32)
         tensors[f"{prefix}{p}/labels"] = np.asarray(ctx.encoded(p).labels, dtype=np.int64)
+        tensors[f"{prefix}{p}/queries"] = query_codes(ctx.parts[p]["query"])
     return tensors
+
+
+def query_codes(queries: pd.Series) -> np.ndarray:
+    """A stable 60-bit code per query text: the unit the bootstrap resamples, comparable across runs."""
+    return np.array([int(hashlib.sha1(q.encode()).hexdigest()[:15], 16) for q in queries], dtype=np.int64)
 
 
 def environment() -> dict:

@@ -76,10 +76,10 @@ def protocol_overview(pairs: pd.DataFrame, dataset: str, seed: int = 0) -> pd.Da
             continue
         ood = pd.concat([split["ood_test"], split["pool_ood"]])
         ind = pd.concat([split[p] for p in ("train", "id_val", "id_test", "pool_id")])
-        leaked = sum(split.leakage_dropped.values())
+        ood_leaked = split.total_dropped(("ood_test", "pool_ood"))  # OOD share: read before the leakage rules
         rows.append({"protocol": protocol, "held out": ", ".join(map(str, split.held_out)) or "-",
-                     "% OOD pairs (before leakage removal)": round(100 * (len(ood) + leaked) / len(pairs), 1),
-                     "OOD queries": split.ood_queries, "leakage dropped": leaked,
+                     "% OOD pairs (before leakage removal)": round(100 * (len(ood) + ood_leaked) / len(pairs), 1),
+                     "OOD queries": split.ood_queries, "leakage dropped": split.total_dropped(),
                      **{f"% {d} ID": round(100 * (ind["label"] == i).mean(), 1) for i, d in enumerate(DEGREES)},
                      **{f"% {d} OOD": round(100 * (ood["label"] == i).mean(), 1) for i, d in enumerate(DEGREES)}})
     return pd.DataFrame(rows).set_index("protocol")

@@ -148,7 +148,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
 
 def fingerprint(notebook: Path, params: dict) -> str:
     """What a notebook's output depends on: its source, its parameters, the package's code and the data."""
-    from .pipeline import data_fingerprint
+    from .cache import data_fingerprint
     digest = hashlib.sha1(notebook.read_bytes())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     for source in sorted(Path(__file__).parent.glob("*.py")):

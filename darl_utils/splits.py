@@ -8,8 +8,14 @@ A protocol marks each query in or out of distribution:
 - `unseen_words`: queries with a word of 3+ letters that no item text in the data contains.
 
 ID queries are cut into train / id_val / id_test / pool_id, OOD queries into ood_test / pool_ood, by a stable
-hash of the query text, so a split depends on its settings only. OOD pairs whose item also appears in train
-are dropped (leakage) and counted.
+hash of the query text, so a split depends on its settings only.
+
+Leakage rules (docs/STUDY.md section 3), the same on the ID and the OOD side; a product is matched by item id
+or by normalised title (`normalise_title`), since one product can carry several ids:
+1. every part but train drops the pairs whose product also appears in train;
+2. then the test parts (id_val, id_test, ood_test) drop the pairs whose product also appears in a pool
+   (pool_id, pool_ood, as left by rule 1), so augmenting train from a pool cannot carry a test product in.
+Each drop is counted per part and rule in `Split.leakage_dropped` (nothing is dropped silently).
 """
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ DEFAULT_PROTOCOL = "query_form"  # the largest measured FT ID-OOD gap on Home De
 PARTS = ("train", "id_val", "id_test", "pool_id", "ood_test", "pool_ood")
 ID_PARTS = ("train", "id_val", "id_test", "pool_id")
 OOD_PARTS = ("ood_test", "pool_ood")
+POOL_PARTS = ("pool_id", "pool_ood")
+TEST_PARTS = ("id_val", "id_test", "ood_test")
+HELD_OUT_PARTS = tuple(p for p in PARTS if p != "train")  # the parts the leakage rules filter
+# Leakage rules: key in Split.leakage_dropped -> column in the summaries.
+DROP_RULES = {"train_product": "dropped: product in train", "pool_product": "dropped: product in a pool"}
+_DROPPED = ""  # part label of a pair a leakage rule removed
 
 # Home Depot has no category field: a title's department is the first rule with a keyword in it (whole words;
 # order matters: "ceiling fan light kit" is lighting & fans, "bathroom faucet" is bath, not plumbing).
@@ -80,6 +92,12 @@ DEFAULT_HELD_OUT = ("appliances", "lighting & fans")
 OTHER_DEPARTMENT = "other"
 
 _WORD = re.compile(r"[a-z]+")
+
+
+def normalise_title(titles: pd.Series) -> pd.Series:
+    """Lower case, every run of non-alphanumeric characters as one space, stripped: '3/4 in. PVC  Elbow' and
+    '3-4 in pvc elbow' are one product to the leakage rules. Titles arrive HTML-free from the loaders."""
+    return titles.str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()
 
 
 def stable_unit(text: str, salt: str) -> float:
@@ -142,7 +160,8 @@ class SplitConfig:
     id_fractions: tuple = (0.6, 0.1, 0.15, 0.15)  # train, id_val, id_test, pool_id shares of ID queries
     ood_test_fraction: float = 0.5        # ood_test share of OOD queries; the rest is pool_ood
     seed: int = 0                         # salt of the query hash
-    drop_leakage: bool = True             # drop OOD pairs whose item (id or title) is also in train
+    drop_leakage: bool = True             # the leakage rules: non-train parts drop products in train, test
+                                          # parts products in a pool (module docstring); False: keep all
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -161,7 +180,7 @@ class Split:
     config: SplitConfig
     ood_queries: int = 0
     held_out: list = field(default_factory=list)
-    leakage_dropped: dict = field(default_factory=dict)
+    leakage_dropped: dict = field(default_factory=dict)  # part -> {rule: pairs dropped}, see DROP_RULES
     load_dropped: dict = field(default_factory=dict)  # what the loader dropped by design
     directory: str = ""                               # where it was saved
 
@@ -176,7 +195,25 @@ class Split:
             rows.append({"part": name, "pairs": len(df), "queries": df["query"].nunique(),
                          "items": df["item_id"].nunique(),
                          **{f"% {d}": round(100 * c / max(len(df), 1), 1) for d, c in zip(DEGREES, counts)},
-                         "leakage dropped": self.leakage_dropped.get(name, 0)})
+                         **{column: self.dropped(name, rule) for rule, column in DROP_RULES.items()}})
+        return pd.DataFrame(rows).set_index("part")
+
+    def dropped(self, part: str, rule: str) -> int:
+        """Pairs of `part` that the leakage `rule` removed (0 for train, and when the rules were off)."""
+        return self.leakage_dropped.get(part, {}).get(rule, 0)
+
+    def total_dropped(self, parts=PARTS) -> int:
+        """Pairs the leakage rules removed from `parts`, all rules together."""
+        return sum(self.dropped(p, rule) for p in parts for rule in DROP_RULES)
+
+    def dropped_frame(self) -> pd.DataFrame:
+        """Per part: pairs assigned before the leakage rules, what each rule dropped, pairs kept, % dropped."""
+        rows = []
+        for name in PARTS:
+            after, gone = len(self.parts[name]), self.total_dropped((name,))
+            rows.append({"part": name, "pairs before": after + gone,
+                         **{column: self.dropped(name, rule) for rule, column in DROP_RULES.items()},
+                         "pairs after": after, "% dropped": round(100 * gone / max(after + gone, 1), 1)})
         return pd.DataFrame(rows).set_index("part")
 
     def save(self, directory: str | Path) -> Path:
@@ -219,29 +256,52 @@ def ood_mask(pairs: pd.DataFrame, config: SplitConfig, dataset: str = "csv") -> 
     return pairs["query"].map(groups).isin(held), held
 
 
+def assign_parts(pairs: pd.DataFrame, is_ood: pd.Series, config: SplitConfig) -> np.ndarray:
+    """Part name of each pair, by the hash of its query (so parts are query-disjoint)."""
+    u = pairs["query"].map(lambda q: stable_unit(q, f"part{config.seed}")).to_numpy()
+    bounds = np.cumsum(config.id_fractions)
+    id_part = np.array(ID_PARTS)[np.minimum(np.searchsorted(bounds, u, side="right"), 3)]
+    ood_part = np.where(u < config.ood_test_fraction, "ood_test", "pool_ood")
+    return np.where(is_ood.to_numpy(), ood_part, id_part).astype(object)
+
+
+def drop_shared_products(pairs: pd.DataFrame, titles: pd.Series, part: np.ndarray, sources: tuple,
+                         targets: tuple) -> tuple[np.ndarray, dict]:
+    """Relabel as dropped the pairs of `targets` whose product (item id or normalised title) is in a `sources`
+    part; returns the new labels and the count per target part."""
+    # Both keys: one product can carry several ids (Home Depot: 944 normalised titles under 2+ uids).
+    source = np.isin(part, sources)
+    shared = (pairs["item_id"].isin(set(pairs["item_id"][source])) | titles.isin(set(titles[source]))).to_numpy()
+    part, counts = part.copy(), {}
+    for name in targets:
+        hit = (part == name) & shared
+        counts[name] = int(hit.sum())
+        part[hit] = _DROPPED
+    return part, counts
+
+
 def make_split(pairs: pd.DataFrame, config: SplitConfig | None = None, dataset: str = "csv") -> Split:
     config = config or SplitConfig()
     config.validate()
     is_ood, held = ood_mask(pairs, config, dataset)
-    u = pairs["query"].map(lambda q: stable_unit(q, f"part{config.seed}"))
-    bounds = np.cumsum(config.id_fractions)
-    id_part = np.array(ID_PARTS)[np.minimum(np.searchsorted(bounds, u.to_numpy(), side="right"), 3)]
-    ood_part = np.where(u.to_numpy() < config.ood_test_fraction, "ood_test", "pool_ood")
-    part = np.where(is_ood.to_numpy(), ood_part, id_part)
-    parts = {name: pairs[part == name].reset_index(drop=True) for name in PARTS}
-    dropped = {}
+    part = assign_parts(pairs, is_ood, config)
+    dropped = {name: dict.fromkeys(DROP_RULES, 0) for name in HELD_OUT_PARTS}
     if config.drop_leakage:
-        # The same product can carry several ids (Home Depot: 902 titles under more than one uid): match both.
-        train_ids, train_titles = set(parts["train"]["item_id"]), set(parts["train"]["item"].str.lower())
-        for name in OOD_PARTS:
-            leak = parts[name]["item_id"].isin(train_ids) | parts[name]["item"].str.lower().isin(train_titles)
-            dropped[name] = int(leak.sum())
-            parts[name] = parts[name][~leak].reset_index(drop=True)
+        titles = normalise_title(pairs["item"])
+        # Rule 2 reads the pools as rule 1 left them: a pool pair already gone cannot reach train.
+        for rule, sources, targets in (("train_product", ("train",), HELD_OUT_PARTS),
+                                       ("pool_product", POOL_PARTS, TEST_PARTS)):
+            part, counts = drop_shared_products(pairs, titles, part, sources, targets)
+            for name, n in counts.items():
+                dropped[name][rule] = n
+    parts = {name: pairs[part == name].reset_index(drop=True) for name in PARTS}
     for name in ("train", "id_val", "id_test", "ood_test"):
         if parts[name].empty:
+            gone = sum(dropped.get(name, {}).values())
             raise DataError(f"split: part {name!r} is empty under protocol {config.protocol!r} "
-                            f"({int(is_ood.sum())} of {len(pairs)} pairs are OOD); too little data or a "
-                            f"protocol that marks (almost) every query the same")
+                            f"({int(is_ood.sum())} of {len(pairs)} pairs are OOD; the leakage rules dropped "
+                            f"{gone} of its pairs); too little data, a protocol that marks (almost) every "
+                            f"query the same, or products shared by (almost) every query")
     return Split(parts, config, int(pairs.loc[is_ood.to_numpy(), "query"].nunique()), held, dropped)
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from darl_utils import dasa, pipeline
-from darl_utils import features as features_module
+from darl_utils import representations
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 
@@ -36,13 +36,14 @@ def test_budget_is_a_fraction_or_a_count():
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("augment", "dsaa", r"augment: 'dsaa' is not one of \['none', 'dasa', 'random', 'oracle'\]"),
+    ("augment", "dsaa", r"augment: 'dsaa' is not one of \['none', 'dasa', 'random', 'oracle', 'length_matched'\]"),
     ("dasa_budget", 2.5, r"dasa_budget: 2.5 must be a fraction in \(0, 1\)"),
     ("dasa_budget", 0.0, r"dasa_budget: 0.0 must be a fraction"),
     ("dasa_combination", "sum", r"dasa_combination: 'sum' is not one of"),
     ("dasa_knn_search", "hnsw", r"dasa_knn_search: 'hnsw' is not one of"),
     ("dasa_k", 0, r"dasa_k: 0 is out of range"),
     ("dasa_mahalanobis", "whitened", r"dasa_mahalanobis: 'whitened' is not one of raw, normalised"),
+    ("dasa_features", "pair_cls", r"dasa_features: 'pair_cls' is not one of"),
 ])
 def test_bad_dasa_settings_are_refused(pairs_csv, tiny_encoder, tmp_path, name, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -63,7 +64,7 @@ def test_pool_labels_are_read_only_after_selection(pairs_csv, tiny_encoder, tmp_
     # Every frame that is turned into features must be label-free when it is the pool, and the annotator is
     # asked once, after scoring, for exactly the selected rows.
     events = []
-    real_features, real_score, real_reveal = dasa.cached_features, dasa.score_features, dasa.Annotator.reveal
+    real_features, real_score, real_reveal = dasa.cached_representations, dasa.score_features, dasa.Annotator.reveal
 
     def features(model, model_id, frame, *a, **k):
         events.append(("features", "label" in frame.columns, len(frame)))
@@ -73,7 +74,7 @@ def test_pool_labels_are_read_only_after_selection(pairs_csv, tiny_encoder, tmp_
         events.append(("reveal", len(rows)))
         return real_reveal(self, rows)
 
-    monkeypatch.setattr(dasa, "cached_features", features)
+    monkeypatch.setattr(dasa, "cached_representations", features)
     monkeypatch.setattr(dasa, "score_features", lambda *a, **k: events.append(("score",)) or real_score(*a, **k))
     monkeypatch.setattr(dasa.Annotator, "reveal", reveal)
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=3, augment="dasa", dasa_budget=20.0)
@@ -138,7 +139,10 @@ def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch
     for score in dasa.SCORES:
         assert 0 <= aug["detectors"][score]["auroc"] <= 1
     # the synthetic OOD queries carry digits the train queries never do: the detectors see them
-    assert aug["detectors"]["combined"]["auroc"] > 0.7
+    assert aug["detectors"]["mahalanobis"]["auroc"] > 0.8
+    rows = pd.DataFrame(aug["representations"])  # every candidate representation, measured three ways
+    assert len(rows) == 15 and set(rows["representation"]) == set(representations.REPRESENTATIONS)
+    assert rows[["auroc", "auroc_within_length", "corr_tokens"]].notna().all().all()
     assert aug["ood_share"] > aug["pool_sizes"]["pool_ood"] / sum(aug["pool_sizes"].values())
     scores = dasa.load_scores(aug)
     assert scores["pool"]["selected"].sum() == aug["added"]
@@ -152,7 +156,7 @@ def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch
     assert pipeline.run_ft(replace(cfg, augment="none"))["run_key"] == lines[0]["run_key"]
 
     # a rerun reuses the selection: no features, no training
-    monkeypatch.setattr(features_module, "predict_logits", lambda *a, **k: pytest.fail("features again"))
+    monkeypatch.setattr(representations, "extract", lambda *a, **k: pytest.fail("features again"))
     monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: pytest.fail("trained again"))
     assert pipeline.run_ft(cfg)["id_test"] == ft["id_test"]
     monkeypatch.undo()

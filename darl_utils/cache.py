@@ -1,0 +1,61 @@
+"""What names a cached artefact: the code that computed it, the data it read, the processes that trained it.
+
+Every cached split, run, probe, feature set and DASA selection is keyed by its settings plus `code_fingerprint()`,
+a hash of the source of the modules that compute results. A fix to training, a loss, a metric or the splits
+therefore recomputes everything it touches, instead of a notebook quietly reusing a result of the old code.
+Docstrings and comments are not part of the fingerprint (the source is hashed as a syntax tree), and neither are
+the notebooks, the runner or the report rendering: rewording them keeps every cached result.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+# the modules whose code decides a cached number (docs/STUDY.md section 7)
+COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
+                     "dasa", "features", "representations", "pipeline", "cache")
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_fingerprint(path: Path) -> str:
+    """Hash of one module's code: its syntax tree without docstrings (comments never reach the tree)."""
+    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    return hashlib.sha1(ast.dump(tree).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(package: Path = PACKAGE, modules: tuple = COMPUTING_MODULES) -> str:
+    """A short hash of the code of every module that computes results (those present in `package`)."""
+    digest = hashlib.sha1()
+    for name in modules:
+        path = Path(package) / f"{name}.py"
+        if path.exists():
+            digest.update(f"{name}:{source_fingerprint(path)}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def data_fingerprint(path: Path) -> str:
+    """Size and modification time of the data (every file of a folder): a changed file gets a new cache key."""
+    path = Path(path)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
+
+
+def processes_tag() -> str:
+    """Part of a trained model's cache key under torchrun: batch_size is per process, so N processes train with
+    N times the batch of one. Empty for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"|processes={world}" if world > 1 else ""

@@ -1,0 +1,78 @@
+"""Cache keys carry the code that computes results: a change to it recomputes, a change elsewhere does not."""
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from darl_utils import cache, dasa, pipeline
+from darl_utils.cache import COMPUTING_MODULES, PACKAGE, code_fingerprint
+from darl_utils.config import RunConfig
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    target = tmp_path / "darl_utils"
+    shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_the_copy_has_the_same_fingerprint(package_copy):
+    assert code_fingerprint(package_copy) == code_fingerprint(PACKAGE)
+
+
+@pytest.mark.parametrize("module, old, new", [
+    ("losses.py", "return ce + self.lam * kl.mean()", "return ce + 2 * self.lam * kl.mean()"),
+    ("metrics.py", "ECE_BINS = 15", "ECE_BINS = 10"),
+    ("splits.py", "def make_split(", "def _unused():\n    return 1\n\n\ndef make_split("),
+    ("training.py", "def seed_everything(seed: int) -> None:\n", "def seed_everything(seed: int) -> None:\n    seed += 1\n"),
+    ("ood.py", "return np.sort(order[:budget])", "return np.sort(order[:budget])"),  # control: same code
+])
+def test_a_change_to_the_computing_code_changes_the_fingerprint(package_copy, module, old, new):
+    before = code_fingerprint(package_copy)
+    _edit(package_copy / module, old, new)
+    code_fingerprint.cache_clear()
+    changed = code_fingerprint(package_copy) != before
+    assert changed == (old != new), module
+
+
+@pytest.mark.parametrize("module, old, new", [
+    ("runner.py", "def study_notebooks()", "def study_notebooks_renamed()"),  # the runner
+    ("reports.py", "def escaped_table(", "def escaped_html_table("),  # the report rendering
+    ("losses.py", "    \"\"\"Raise ValueError naming the bad OCC setting.\"\"\"", "    \"\"\"Another docstring.\"\"\""),
+    ("losses.py", "PRIORS = (\"ordinal\", \"uniform\")", "PRIORS = (\"ordinal\", \"uniform\")  # a new comment"),
+])
+def test_prose_runner_and_rendering_keep_the_fingerprint(package_copy, module, old, new):
+    before = code_fingerprint(package_copy)
+    _edit(package_copy / module, old, new)
+    code_fingerprint.cache_clear()
+    assert code_fingerprint(package_copy) == before
+
+
+def test_the_fingerprint_covers_the_computing_modules():
+    for name in ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood", "dasa",
+                 "features", "pipeline"):
+        assert name in COMPUTING_MODULES and (PACKAGE / f"{name}.py").exists()
+    assert "runner" not in COMPUTING_MODULES and "reports" not in COMPUTING_MODULES
+
+
+def test_every_cache_key_moves_with_the_code(pairs_csv, tmp_path, monkeypatch):
+    cfg = RunConfig(dataset="csv", data=str(pairs_csv), out_dir=str(tmp_path / "out"), augment="dasa")
+    split_key = lambda c: c.key("dataset", "data", "protocol", "split_seed")  # noqa: E731 (as prepare_split)
+    before = (pipeline.run_folder("FT", cfg), dasa.selection_folder(cfg), split_key(cfg))
+    monkeypatch.setattr(cache, "code_fingerprint", lambda *a, **k: "another-code")
+    after = (pipeline.run_folder("FT", cfg), dasa.selection_folder(cfg), split_key(cfg))
+    assert all(a != b for a, b in zip(before, after))
+
+
+def test_the_split_follows_the_seed_unless_pinned(pairs_csv):
+    cfg = RunConfig(dataset="csv", data=str(pairs_csv))
+    assert cfg.split_salt == 0 and replace(cfg, seed=3).split_salt == 3
+    assert replace(cfg, seed=3, split_seed=1).split_salt == 1
+    # -1 and the seed it stands for are the same split, so they share one cache key
+    assert replace(cfg, seed=2).key("split_seed") == replace(cfg, seed=2, split_seed=2).key("split_seed")

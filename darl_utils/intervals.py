@@ -91,6 +91,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("entropy", lambda p, y: _with_count(entropy(p)), _mean),
     Metric("accuracy", lambda p, y: _with_count(p.argmax(1) == y), _mean),
     Metric("confidence", lambda p, y: _with_count(p.max(1)), _mean),
+    # mean top probability minus accuracy: above zero, a model is surer than it is right (claim 1)
+    Metric("overconfidence", lambda p, y: _with_count(p.max(1) - (p.argmax(1) == y)), _mean),
 )}
 
 
@@ -196,10 +198,12 @@ def _per_query(metric: Metric, probs: np.ndarray, s: SeedPredictions) -> np.ndar
     return out
 
 
-def _resampled_differences(metric: Metric, s: SeedPredictions, resamples: int, rng: np.random.Generator):
-    """metric(A) - metric(B) on each of `resamples` query resamples of one seed. A and B go through the same
-    operations on the same weights, so identical predictions give exact zeros."""
-    stats_a, stats_b = _per_query(metric, s.probs_a, s), _per_query(metric, s.probs_b, s)
+def _resampled(metric: Metric, s: SeedPredictions, resamples: int, rng: np.random.Generator,
+               models: tuple = ("a", "b")) -> np.ndarray:
+    """metric(A) - metric(B) on each of `resamples` query resamples of one seed (metric(A) alone when `models`
+    is ("a",)). A and B go through the same operations on the same weights, so identical predictions give exact
+    zeros."""
+    stats = [_per_query(metric, getattr(s, f"probs_{m}"), s) for m in models]
     q = s.n_queries
     out = []
     for start in range(0, resamples, max(1, _BLOCK // q)):
@@ -208,14 +212,13 @@ def _resampled_differences(metric: Metric, s: SeedPredictions, resamples: int, r
         # weight of query j in resample r = how many times it was drawn
         weights = np.bincount((np.arange(rows)[:, None] * q + draws).ravel(), minlength=rows * q)
         weights = weights.reshape(rows, q).astype(np.float64)
-        out.append(metric.total(weights @ stats_a) - metric.total(weights @ stats_b))
+        values = [metric.total(weights @ x) for x in stats]
+        out.append(values[0] - values[1] if len(values) == 2 else values[0])
     return np.concatenate(out)
 
 
-def paired_difference(seeds: SeedPredictions | Sequence[SeedPredictions], metric: str,
-                      resamples: int = RESAMPLES, seed: int = 0) -> Difference:
-    """metric(A) - metric(B) pooled over seeds, with the 95 % paired bootstrap interval over test queries
-    (see the module docstring). `seed` seeds the numpy Generator: the same call gives the same interval."""
+def _pooled(seeds, metric: str, resamples: int, rng, models: tuple = ("a", "b")) -> tuple[float, np.ndarray]:
+    """The observed statistic pooled over seeds (their mean) and its resampled values."""
     seeds = [seeds] if isinstance(seeds, SeedPredictions) else list(seeds)
     if not seeds:
         raise ValueError("no seeds given")
@@ -223,10 +226,41 @@ def paired_difference(seeds: SeedPredictions | Sequence[SeedPredictions], metric
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
-    m, rng = METRICS[metric], np.random.default_rng(seed)
-    observed = [m(s.probs_a, s.labels) - m(s.probs_b, s.labels) for s in seeds]
-    statistic = np.mean([_resampled_differences(m, s, resamples, rng) for s in seeds], axis=0)
+    m = METRICS[metric]
+    value = lambda s: m(s.probs_a, s.labels) - (m(s.probs_b, s.labels) if len(models) == 2 else 0.0)  # noqa: E731
+    observed = float(np.mean([value(s) for s in seeds]))
+    return observed, np.mean([_resampled(m, s, resamples, rng, models) for s in seeds], axis=0)
+
+
+def _difference(metric: str, observed: float, statistic: np.ndarray, groups: list) -> Difference:
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(statistic, [tail, 100 - tail])
-    return Difference(metric, float(np.mean(observed)), float(low), float(high), resamples,
-                      sum(s.n_queries for s in seeds), len(seeds))
+    seeds = [s for g in groups for s in ([g] if isinstance(g, SeedPredictions) else g)]
+    return Difference(metric, observed, float(low), float(high), len(statistic), sum(s.n_queries for s in seeds),
+                      len(seeds))
+
+
+def paired_difference(seeds: SeedPredictions | Sequence[SeedPredictions], metric: str,
+                      resamples: int = RESAMPLES, seed: int = 0) -> Difference:
+    """metric(A) - metric(B) pooled over seeds, with the 95 % paired bootstrap interval over test queries
+    (see the module docstring). `seed` seeds the numpy Generator: the same call gives the same interval."""
+    observed, statistic = _pooled(seeds, metric, resamples, np.random.default_rng(seed))
+    return _difference(metric, observed, statistic, [seeds])
+
+
+def paired_mean_difference(parts: Sequence[Sequence[SeedPredictions]], metric: str, resamples: int = RESAMPLES,
+                           seed: int = 0) -> Difference:
+    """The mean over several test parts (ID and OOD: their queries are disjoint, so each is resampled on its
+    own) of metric(A) - metric(B), with its interval: claim 2's balance of ID and OOD."""
+    rng = np.random.default_rng(seed)
+    pooled = [_pooled(p, metric, resamples, rng) for p in parts]
+    return _difference(metric, float(np.mean([o for o, _ in pooled])), np.mean([s for _, s in pooled], axis=0),
+                       list(parts))
+
+
+def model_interval(seeds: SeedPredictions | Sequence[SeedPredictions], metric: str, resamples: int = RESAMPLES,
+                   seed: int = 0) -> Difference:
+    """metric(A) alone (probs_b is ignored) with its bootstrap interval over test queries: a one-model claim,
+    such as over-confidence above zero."""
+    observed, statistic = _pooled(seeds, metric, resamples, np.random.default_rng(seed), models=("a",))
+    return _difference(metric, observed, statistic, [seeds])

@@ -267,88 +267,6 @@ def comparison(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(picked)
 
 
-def _diff(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    """Mean difference a - b and the larger seed sd of the two (0 with one seed)."""
-    sd = max(a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0)
-    return float(a.mean() - b.mean()), float(0.0 if np.isnan(sd) else sd)
-
-
-def _beyond(delta: float, sd: float) -> str:
-    return "beyond the seed spread" if sd and abs(delta) > sd else ("one seed: no spread to judge it by" if not sd
-                                                                    else "within the seed spread")
-
-
-def verdict_claim1(ft: pd.DataFrame) -> str:
-    """Claim 1: FT is over-confident (mean confidence above accuracy) and weakest on the middle degree."""
-    gap_id = (ft["id_confidence"] - ft["id_accuracy"]).mean()
-    gap_ood = (ft["ood_confidence"] - ft["ood_accuracy"]).mean()
-    per_degree = {d: ft[f"id_f1_{d}"].mean() for d in DEGREES}
-    weakest = min(per_degree, key=per_degree.get)
-    over = gap_id > 0 and gap_ood > 0
-    return (f"Claim 1 {'holds' if over and weakest == 'weak' else 'holds in part' if over or weakest == 'weak' else 'does not hold'}: "
-            f"FT's mean confidence exceeds its accuracy by {gap_id:+.3f} on id_test and {gap_ood:+.3f} on ood_test "
-            f"({'over' if over else 'not uniformly over'}-confident); its weakest degree on id_test is {weakest} "
-            f"(F1 {', '.join(f'{d} {v:.3f}' for d, v in per_degree.items())}).")
-
-
-def verdict_claim2(table: pd.DataFrame) -> str:
-    """Claim 2: LPFT (alpha*) balances ID and OOD better than FT: a higher mean of ID and OOD macro-F1."""
-    ft, lpft = table[table["model"] == "FT"], table[table["model"] == "LPFT (alpha*)"]
-    if ft.empty or lpft.empty:
-        return "Claim 2: not tested here (FT or LPFT missing)."
-    balance = lambda t: (t["id_macro_f1"] + t["ood_macro_f1"]) / 2  # noqa: E731
-    d_bal, sd_bal = _diff(balance(lpft).reset_index(drop=True), balance(ft).reset_index(drop=True))
-    d_ood, _ = _diff(lpft["ood_macro_f1"], ft["ood_macro_f1"])
-    d_id, _ = _diff(lpft["id_macro_f1"], ft["id_macro_f1"])
-    d_gap, _ = _diff(lpft["gap"], ft["gap"])
-    holds = d_bal > 0 and (not sd_bal or d_bal > sd_bal)
-    return (f"Claim 2 {'holds' if holds else 'does not hold'} here: LPFT at alpha* (mean {lpft['alpha'].mean():.2f}) "
-            f"vs FT: mean of ID and OOD macro-F1 {d_bal:+.4f} ({_beyond(d_bal, sd_bal)}); ID {d_id:+.4f}, "
-            f"OOD {d_ood:+.4f}, ID-OOD gap {d_gap:+.4f}.")
-
-
-def verdict_claim3(table: pd.DataFrame, occ: str = "FT+OCC", base: str = "FT") -> str:
-    """Claim 3: OCC raises predictive entropy (less over-confidence) without losing macro-F1."""
-    a, b = table[table["model"] == occ], table[table["model"] == base]
-    if a.empty or b.empty:
-        return f"Claim 3: not tested here ({occ} or {base} missing)."
-    d_ent, _ = _diff(a["id_entropy"], b["id_entropy"])
-    d_ece, _ = _diff(a["id_ece"], b["id_ece"])
-    d_f1, sd_f1 = _diff(a["id_macro_f1"], b["id_macro_f1"])
-    d_ood, sd_ood = _diff(a["ood_macro_f1"], b["ood_macro_f1"])
-    tolerance = sd_f1 or 0.01  # "without losing accuracy": no drop larger than the seed sd (0.01 with one seed)
-    calmer, kept = d_ent > 0, d_f1 >= -tolerance and d_ood >= -(sd_ood or 0.01)
-    word = "holds" if calmer and kept else "holds in part" if calmer or kept else "does not hold"
-    return (f"Claim 3 {word} here: {occ} vs {base} on id_test: entropy {d_ent:+.4f} nats, ECE {d_ece:+.4f}, "
-            f"macro-F1 {d_f1:+.4f} ({_beyond(d_f1, sd_f1)}); ood_test macro-F1 {d_ood:+.4f}.")
-
-
-def verdict_claim4(frame: pd.DataFrame) -> str:
-    """Claim 4: DASA (pool pairs chosen by OOD score, then labelled) improves OOD macro-F1 over FT on train;
-    read against random pool pairs of the same number (more data alone) and the oracle (pool_ood pairs)."""
-    by = {m: frame[frame["method"] == m] for m in ("FT", "FT+DASA", "FT+random", "FT+oracle")}
-    if by["FT"].empty or by["FT+DASA"].empty:
-        return "Claim 4: not tested here (FT or FT+DASA missing)."
-    d, sd = _diff(by["FT+DASA"]["ood_macro_f1"], by["FT"]["ood_macro_f1"])
-    d_id, _ = _diff(by["FT+DASA"]["id_macro_f1"], by["FT"]["id_macro_f1"])
-    holds = d > 0 and (not sd or d > sd)
-    text = (f"Claim 4 {'holds' if holds else 'does not hold'} here: FT+DASA vs FT on ood_test macro-F1 {d:+.4f} "
-            f"({_beyond(d, sd)}); id_test {d_id:+.4f}.")
-    if not by["FT+random"].empty:
-        dr, sdr = _diff(by["FT+DASA"]["ood_macro_f1"], by["FT+random"]["ood_macro_f1"])
-        helps = dr > 0 and (not sdr or dr > sdr)
-        text += (f" Against as many random pool pairs: {dr:+.4f} ({_beyond(dr, sdr)}), so the selection itself "
-                 f"{'helps' if helps else 'is not shown to help'} beyond adding that much data.")
-    if not by["FT+oracle"].empty:
-        do, _ = _diff(by["FT+oracle"]["ood_macro_f1"], by["FT"]["ood_macro_f1"])
-        text += (f" The oracle (as many pool_ood pairs) gives {do:+.4f} against FT: a ceiling for any selection "
-                 f"of OOD pairs from this pool.")
-    shares = frame.groupby("method")["added_ood_share"].mean()
-    if "FT+DASA" in shares and "FT+random" in shares:
-        text += (f" OOD share of the added pairs: DASA {shares['FT+DASA']:.3f}, random {shares['FT+random']:.3f}.")
-    return text
-
-
 # ---- DASA figures (notebook 02) ------------------------------------------------------------------------
 
 def detector_frame(records: list[dict]) -> pd.DataFrame:
@@ -396,6 +314,30 @@ def plot_roc(scores: dict):
     return fig
 
 
+def representation_frame(records: list[dict]) -> pd.DataFrame:
+    """Every candidate representation x detector of each DASA selection (one per seed): AUROC overall and within
+    token-count quintiles, correlation with the token count."""
+    return pd.DataFrame([{"seed": r["config"]["seed"], **row} for r in records
+                         for row in r["augmentation"].get("representations", [])])
+
+
+def plot_length_auroc(record: dict):
+    """AUROC of DASA's scores per token-count quintile of the pool (0.5: the score knows nothing there)."""
+    detectors = record["augmentation"]["detectors"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, quality in detectors.items():
+        per_bin = quality.get("auroc_per_length_bin", [])
+        ax.plot(range(1, len(per_bin) + 1), per_bin, marker="o", label=f"{name} (overall {quality['auroc']:.2f})")
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("token-count quintile of the pool (1 = shortest)")
+    ax.set_ylabel("AUROC, pool_ood vs pool_id")
+    ax.set_title(f"DASA's scores on {record['augmentation']['settings'].get('dasa_features', 'pair_mean')}, "
+                 "length held fixed", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_umap(embedding: pd.DataFrame):
     """The UMAP map of the source model's features, selected pool pairs drawn on top."""
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -417,17 +359,6 @@ def escaped_table(frame: pd.DataFrame, digits: int = 2) -> str:
     return frame.to_html(index=False, escape=True, float_format=lambda v: f"{v:.{digits}f}")
 
 
-def caveats(cfg, seeds: list, lead: str = "") -> str:
-    """What limits the reading of a verdict: one seed, a sub-sample, a short training."""
-    notes = [lead] if lead else []
-    if len(seeds) == 1:
-        notes.append("With one seed no difference can be told from noise.")
-    if cfg.max_train_pairs:
-        notes.append(f"Train is a sub-sample of at most {cfg.max_train_pairs:,} pairs and models train "
-                     f"{cfg.epochs} epoch(s): a budget, not the full study.")
-    return " ".join(notes) or "Full train split; differences are judged against the seed spread."
-
-
 # ---- the main table (notebook 05 and the index) -------------------------------------------------------------
 
 # model as comparison() names it -> the name the table shows; DaRL = DASA-augmented train, LPFT with OCC
@@ -437,17 +368,17 @@ MAIN_MODELS = {
     "LPFT (alpha*)": "LPFT (alpha*)",
     "LPFT (0.6)": "LPFT (alpha 0.6)",
     "FT+LS": "FT + label smoothing",
+    "FT+fKL": "FT + forward KL (OCC's control)",
     "FT+OCC": "FT + OCC",
     "FT+DASA": "FT + DASA",
     "FT+random": "FT + random pool pairs",
+    "FT+length-matched": "FT + length-matched pool pairs",
     "LPFT+OCC+DASA (alpha*)": "DaRL (DASA + LPFT + OCC)",
     "LPFT+OCC (alpha*)": "DaRL without DASA",
     "FT+OCC+DASA": "DaRL without LPFT",
     "LPFT+DASA (alpha*)": "DaRL without OCC",
 }
 DARL = "DaRL (DASA + LPFT + OCC)"
-ABLATIONS = {"DASA": "DaRL without DASA", "LPFT": "DaRL without LPFT", "OCC": "DaRL without OCC"}
-BASELINES = ("FT", "LP", "FT + label smoothing")  # what claim 5 calls the baselines: no part of DaRL
 # column -> (heading, which mean is best: max, min, or closest to zero)
 MAIN_COLUMNS = {"id_macro_f1": ("ID macro-F1", "max"), "ood_macro_f1": ("OOD macro-F1", "max"),
                 "gap": ("ID − OOD gap", "zero"), "id_ece": ("ID ECE", "min"), "ood_ece": ("OOD ECE", "min"),
@@ -463,14 +394,17 @@ def main_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return table.assign(model=table["model"].map(MAIN_MODELS))
 
 
-def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3) -> str:
+def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3, extra: dict | None = None) -> str:
     """HTML of 'mean ± sd' per model and column in MAIN_MODELS order, the best mean of each column in bold
-    (ties all bold). Model names are ours; every cell is escaped all the same."""
+    (ties all bold), then the `extra` columns ({model: {heading: text}}, such as each model's difference to FT
+    with its interval; "–" where a model has none). Every cell is escaped."""
     import html
+    extra = extra or {}
+    extra_heads = list(dict.fromkeys(h for cells in extra.values() for h in cells))
     order = [m for m in MAIN_MODELS.values() if m in set(table["model"])]
     grouped = table.groupby("model")
     mean, sd, n = grouped[list(columns)].mean().loc[order], grouped[list(columns)].std(ddof=1).loc[order], grouped.size()
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns.values())
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in [h for h, _ in columns.values()] + extra_heads)
     rows = []
     for model in order:
         cells = []
@@ -481,6 +415,7 @@ def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3) -> str:
             text = "–" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(sd.loc[model, column]) else f" ± {sd.loc[model, column]:.{digits}f}")
             is_best = not pd.isna(v) and np.isclose(abs(v) if best == "zero" else v, target)
             cells.append(f"<td>{'<b>' + html.escape(text) + '</b>' if is_best else html.escape(text)}</td>")
+        cells += [f"<td>{html.escape(extra.get(model, {}).get(h, '–'))}</td>" for h in extra_heads]
         rows.append(f"<tr><th>{html.escape(model)}</th>{''.join(cells)}<td>{n[model]}</td></tr>")
     return (f'<table class="main dataframe" border="1"><thead><tr><th>model</th>{head}<th>seeds</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
@@ -502,36 +437,3 @@ def plot_confusions(table: pd.DataFrame, models: list[str]):
             axes[i][j].set_ylabel("true" if j == 0 else "")
     fig.tight_layout()
     return fig
-
-
-def verdict_claim5(table: pd.DataFrame) -> str:
-    """Claim 5: DaRL beats the baselines (FT, LP, FT + label smoothing) on both ID and OOD macro-F1; then what
-    each part gives, as DaRL minus DaRL without it."""
-    darl = table[table["model"] == DARL]
-    baselines = [b for b in BASELINES if (table["model"] == b).any()]
-    if darl.empty or not baselines:
-        return "Claim 5: not tested here (DaRL or every baseline missing)."
-    parts, verdicts = [], []
-    for column, label in (("id_macro_f1", "ID"), ("ood_macro_f1", "OOD")):
-        best = max(baselines, key=lambda b: table[table["model"] == b][column].mean())
-        d, sd = _diff(darl[column], table[table["model"] == best][column])
-        verdicts.append(d > 0 and (not sd or d > sd))
-        parts.append(f"{label} macro-F1 {darl[column].mean():.4f} against the best baseline there ({best}, "
-                     f"{table[table['model'] == best][column].mean():.4f}): {d:+.4f} ({_beyond(d, sd)})")
-    word = "holds" if all(verdicts) else "holds in part" if any(verdicts) else "does not hold"
-    text = f"Claim 5 {word} here: DaRL's " + "; ".join(parts) + "."
-    gains = []
-    for part, without in ABLATIONS.items():
-        other = table[table["model"] == without]
-        if not other.empty:
-            d_id, _ = _diff(darl["id_macro_f1"], other["id_macro_f1"])
-            d_ood, sd = _diff(darl["ood_macro_f1"], other["ood_macro_f1"])
-            gains.append(f"{part} ID {d_id:+.4f}, OOD {d_ood:+.4f} ({_beyond(d_ood, sd)})")
-    if gains:
-        text += " What each part adds (DaRL minus DaRL without it): " + "; ".join(gains) + "."
-    if "alpha" in darl and (darl["alpha"] == 0).all():
-        text += (" DaRL's alpha* is 0 on every seed: id_val preferred the probe to any mix with the fine-tuned "
-                 "weights, so DaRL is LP on the augmented train, and OCC, which acts in the fine-tuning stage, "
-                 "does not enter it.")
-    return text + (" The paper's figures (ID 0.9349, OOD 0.6678) are on its private data and not comparable in "
-                   "level; only the direction of the differences is.")

@@ -271,12 +271,21 @@ the notebook pages.</p>
 
 def main_table(out: Path) -> str:
     """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
-    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, read_records, results_frame
+    from .reports import MAIN_COLUMNS, MAIN_MODELS, bold_best_table, main_frame, read_records, results_frame
     path = out / "results" / "05_evaluation" / "results.jsonl"
     if not path.exists():
         return "<p>Notebook 05 has no results yet.</p>"
     table = main_frame(results_frame(read_records(path)))
-    return bold_best_table(table, MAIN_COLUMNS) if len(table) else "<p>Notebook 05 has no results yet.</p>"
+    if not len(table):
+        return "<p>Notebook 05 has no results yet.</p>"
+    from .verdicts import differences_to
+    named = table.assign(model=table["model"].map({v: k for k, v in MAIN_MODELS.items()}))
+    try:
+        differences = {MAIN_MODELS[m]: d for m, d in differences_to(named).items()}
+    except (OSError, ValueError) as e:  # predictions moved or from before the intervals: the table without them
+        differences = {}
+        print(f"index: no differences to FT ({e})", flush=True)
+    return bold_best_table(table, MAIN_COLUMNS, extra=differences)
 
 
 def alpha_sweep_figure(out: Path) -> str:

@@ -1,7 +1,6 @@
 """Paired bootstrap intervals over test queries (darl_utils.intervals): exact zeros for identical models, clear
 verdicts for a clearly better model, narrowing with more queries, reproducibility, agreement of the metrics with
 sklearn and torchmetrics, pooling over seeds, input checks, and the query (not the pair) as the resampled unit."""
-import time
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch
 from sklearn.metrics import f1_score
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from darl_utils.intervals import METRICS, Difference, SeedPredictions, paired_difference, verdict_word
+from darl_utils.intervals import (METRICS, Difference, SeedPredictions, model_interval, paired_difference,
+                                  paired_mean_difference, verdict_word)
 from darl_utils.metrics import entropy
 
 
@@ -140,21 +140,23 @@ def test_the_query_is_the_resampled_unit():
     assert width(spread) > 1.5 * by_pair  # 4 perfectly correlated pairs a query: twice as wide in theory
 
 
-def test_a_thousand_resamples_of_three_seeds_are_fast():
-    rng = np.random.default_rng(7)
-    seeds = [SeedPredictions(rng.integers(0, 3, 2000), np.sort(rng.integers(0, 400, 2000)),
-                             random_probs(rng, 2000), random_probs(rng, 2000)) for _ in range(3)]
-    for metric in ("macro_f1", "ece"):
-        started = time.perf_counter()
-        paired_difference(seeds, metric)
-        # loose for a shared 2-core machine; a per-resample sklearn / torchmetrics loop takes far longer
-        assert time.perf_counter() - started < 5
+def test_model_interval_and_the_mean_over_parts():
+    rng = np.random.default_rng(3)
+    labels, queries = rng.integers(0, 3, 1200), np.repeat(np.arange(300), 4)
+    sure_and_wrong = np.eye(3)[(labels + 1) % 3] * 0.9 + 0.1 / 3  # top probability 0.933, accuracy 0
+    one = model_interval(SeedPredictions(labels, queries, sure_and_wrong, sure_and_wrong), "overconfidence")
+    assert one.estimate == pytest.approx(0.9 + 0.1 / 3) and one.low > 0.9 and one.side() == "above"
+    good, bad = sure_and_wrong[:, [1, 2, 0]], sure_and_wrong  # the rolled one puts 0.93 on the gold degree
+    part = [SeedPredictions(labels, queries, good, bad)]
+    same = [SeedPredictions(labels, queries, bad, bad)]
+    both = paired_mean_difference([part, same], "accuracy")
+    assert both.estimate == pytest.approx(0.5) and both.low == pytest.approx(0.5) and both.high == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------------------------------- the metrics
 def metric_cases():
     """Random draws (sharp and flat), one with a degree that is never the gold label, one where a degree is
-    never predicted, and one with confidences exactly 1.0 and exactly on float32 bin edges."""
+    never predicted, and one with confidences exactly 1.0 and on or next to torchmetrics' float32 bin edges."""
     rng = np.random.default_rng(8)
     for n, scale in ((50, 0.5), (500, 2.0), (3000, 4.0), (7, 1.0)):
         yield random_probs(rng, n, scale), rng.integers(0, 3, n)
@@ -163,7 +165,8 @@ def metric_cases():
     probs[:, 1] = 0  # degree 1 never predicted (nor gold, below)
     yield probs / probs.sum(1, keepdims=True), rng.choice([0, 2], 400)
     edges = torch.linspace(0, 1, 16).numpy().astype(np.float64)[6:]  # torchmetrics' edges, 0.4 .. 1.0
-    top = np.r_[edges, np.ones(10), np.full(5, 0.4)]
+    # just below an edge in float64 but on it in float32 (torchmetrics bins float32), and 0.4 below its edge
+    top = np.r_[edges, edges - 1e-9, np.ones(10), np.full(5, 0.4)]
     edge_probs = np.stack([top, (1 - top) / 2, (1 - top) / 2], 1)
     yield edge_probs, rng.integers(0, 3, len(top))
 

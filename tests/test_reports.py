@@ -1,4 +1,4 @@
-"""The main table's best-in-bold and the claim-5 verdict, on hand-made numbers."""
+"""The main table's best-in-bold and its extra columns, on hand-made numbers."""
 import re
 
 import numpy as np
@@ -38,16 +38,7 @@ def test_a_missing_metric_shows_a_dash_and_is_never_best():
     assert "<td>–</td>" in html and "<td><b>0.100</b></td>" in html
 
 
-def test_claim5_verdict_reads_the_numbers():
-    base = [rows("FT", [0.50, 0.51], [0.40, 0.41]), rows("LP", [0.45, 0.46], [0.42, 0.43]),
-            rows("DaRL without DASA", [0.55, 0.56], [0.41, 0.42])]
-    better = frame(*base, rows(reports.DARL, [0.56, 0.57], [0.46, 0.47]))
-    text = reports.verdict_claim5(better)
-    assert text.startswith("Claim 5 holds here") and "best baseline there (LP, 0.4250)" in text
-    assert "DASA ID +0.0100, OOD +0.0500 (beyond the seed spread)" in text
-    worse_ood = frame(*base, rows(reports.DARL, [0.56, 0.57], [0.42, 0.425]))
-    assert reports.verdict_claim5(worse_ood).startswith("Claim 5 holds in part")
-    assert reports.verdict_claim5(frame(*base)).startswith("Claim 5: not tested here")
-    assert "alpha* is 0" not in text
-    probe_only = better.assign(alpha=np.where(better["model"] == reports.DARL, 0.0, 1.0))
-    assert "DaRL's alpha* is 0 on every seed" in reports.verdict_claim5(probe_only)
+def test_extra_columns_follow_the_means():
+    table = frame(rows("FT", [0.5], [0.4]), rows("LP", [0.4], [0.4]))
+    html = reports.bold_best_table(table, COLUMNS, extra={"LP": {"ID − FT": "-0.100 [-0.2, 0.0]"}})
+    assert "<th>ID − FT</th>" in html and "<td>-0.100 [-0.2, 0.0]</td>" in html and html.count("<td>–</td>") == 1

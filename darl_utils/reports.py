@@ -321,9 +321,10 @@ def representation_frame(records: list[dict]) -> pd.DataFrame:
                          for row in r["augmentation"].get("representations", [])])
 
 
-def plot_length_auroc(record: dict):
-    """AUROC of DASA's scores per token-count quintile of the pool (0.5: the score knows nothing there)."""
-    detectors = record["augmentation"]["detectors"]
+def plot_length_auroc(selection: dict):
+    """AUROC of DASA's scores per token-count quintile of the pool (0.5: the score knows nothing there), from a
+    selection record."""
+    detectors = selection["detectors"]
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for name, quality in detectors.items():
         per_bin = quality.get("auroc_per_length_bin", [])
@@ -331,7 +332,7 @@ def plot_length_auroc(record: dict):
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("token-count quintile of the pool (1 = shortest)")
     ax.set_ylabel("AUROC, pool_ood vs pool_id")
-    ax.set_title(f"DASA's scores on {record['augmentation']['settings'].get('dasa_features', 'pair_mean')}, "
+    ax.set_title(f"DASA's scores on {selection['settings'].get('dasa_features', 'pair_mean')}, "
                  "length held fixed", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

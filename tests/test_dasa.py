@@ -211,3 +211,30 @@ def test_dasa_under_two_processes(pairs_csv, tiny_encoder, tmp_path):
     result = json.loads(saved.read_text())
     assert result["world_size"] == 2 and result["augmentation"]["added"] == 25
     assert [json.loads(x)["method"] for x in (out / "results.jsonl").read_text().splitlines()] == ["FT", "FT+DASA"]
+
+
+def test_length_matched_rows_copy_the_token_counts_of_the_selection():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, 40, 2000)
+    selected = np.flatnonzero(tokens < 12)[:100]  # a selection of short pairs
+    rows = dasa.length_matched_rows(tokens, selected, seed=1)
+    assert len(rows) == len(set(rows)) == 100
+    assert np.array_equal(np.sort(tokens[rows]), np.sort(tokens[selected]))  # the same counts, exactly
+    assert not np.array_equal(np.sort(rows), np.sort(selected))  # but other pairs, drawn at random
+    assert np.array_equal(rows, dasa.length_matched_rows(tokens, selected, seed=1))
+    few = np.array([5, 5, 9, 30, 30, 31])  # one pair of count 9, two wanted: the nearest count fills in
+    assert sorted(few[dasa.length_matched_rows(few, np.array([2, 2]), seed=0)].tolist()) == [5, 9]
+
+
+def test_a_score_that_only_measures_length_is_exposed():
+    from darl_utils.representations import length_correlation, length_stratified_auroc
+    rng = np.random.default_rng(0)
+    is_ood = rng.random(4000) < 0.5
+    tokens = rng.poisson(np.where(is_ood, 30, 22))  # OOD pairs are longer, as under query_form
+    by_length = tokens + rng.normal(0, 0.1, len(tokens))  # a detector that sees only length
+    overall = dasa.quality_by_length(by_length, is_ood, tokens)
+    # held within a fifth of the pool's lengths, most of what it saw is gone (the rest: length inside a bin)
+    assert overall["auroc"] > 0.85 and overall["auroc_within_length"] < overall["auroc"] - 0.2
+    assert length_correlation(by_length, tokens) > 0.95
+    knows = is_ood + rng.normal(0, 0.8, len(tokens))  # a detector that sees OOD, whatever the length
+    assert length_stratified_auroc(knows, is_ood, tokens)["auroc_within_length"] > 0.75

@@ -219,6 +219,8 @@ def test_ft_with_occ_and_label_smoothing_are_named_and_less_confident(pairs_csv,
     ls = pipeline.run_ft(replace(cfg, occ_lambda=1.0, occ_rho=0.3, occ_direction="forward", occ_prior="uniform"))
     assert (ft["method"], occ["method"], ls["method"]) == ("FT", "FT+OCC", "FT+LS")
     assert len({ft["run_key"], occ["run_key"], ls["run_key"]}) == 3
+    # OCC's control differs in the direction of the KL only: same prior, same rho and lambda
+    assert pipeline.method_name("FT", replace(cfg, occ_lambda=1.0, occ_direction="forward")) == "FT+fKL"
     # a prior with 30 % off the gold degree caps how sure the model gets
     assert ft["id_test"]["confidence"]["confidence"] > 0.85
     assert occ["id_test"]["confidence"]["entropy"] > ft["id_test"]["confidence"]["entropy"]

@@ -1,6 +1,7 @@
 import ast
 import copy
 import json
+import re
 
 import nbformat
 import pytest
@@ -104,10 +105,12 @@ def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, ti
                                                     "settings": {**params["settings"], "alphas": [0.0, 0.6, 1.0]}},
                       progress=False)
     text = outputs_text(nb)
-    for row in ("FT", "FT+LS", "FT+OCC", "LPFT+OCC (alpha*)"):
+    for row in ("FT", "FT+LS", "FT+fKL", "FT+OCC", "LPFT+OCC (alpha*)"):
         assert f"\n{row} " in text, row
     assert "label-smoothing control: epsilon = 0.0500" in text
-    assert "Claim 1 " in text and "Claim 3 " in text and "Against label smoothing, claim 3 " in text
+    assert "Claim 1, over-confidence, " in text and "Claim 3 " in text
+    assert "Against FT+fKL (ECE lower: " in text and "Against FT+LS (ECE lower: " in text
+    assert re.search(r"entropy [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] nats", text)  # with its interval
     assert images(nb) == 5  # entropy x 2 parts, reliability x 2 parts, rho sweep
     # FT was trained by notebook 03 with the same settings: notebook 04 took it from the cache
     assert "FT query_form seed 0" in text
@@ -123,17 +126,21 @@ def test_ood_detection_notebook_runs_on_the_smoke_profile(tmp_path, pairs_csv, t
               "umap_points": 40, "top_pairs": 5}
     nb = run_notebook(NB02, tmp_path / "02.ipynb", params, progress=False)
     text = outputs_text(nb)
-    for row in ("FT", "FT+DASA", "FT+random", "FT+oracle"):
+    for row in ("FT", "FT+DASA", "FT+random", "FT+length-matched", "FT+oracle"):
         assert f"\n{row} " in text, row
     for score in ("mahalanobis", "knn", "combined"):
         assert f"\n{score} " in text, score
+    for representation in ("query_first", "query_mean", "pair_mean", "pair_first", "head_hidden"):
+        assert f"\n{representation} " in text, representation  # the candidates, measured with length held fixed
+    assert "auroc_within_length" in text and "corr_tokens" in text and "Mean token count: selected" in text
     assert "Claim 4 " in text and "OOD share of the added pairs" in text
-    assert images(nb) == 3  # histograms, ROC, UMAP
+    assert "Against random pool pairs of the same token counts: " in text
+    assert images(nb) == 4  # AUROC per length quintile, histograms, ROC, UMAP
     assert list((tmp_path / "cache" / "augment").glob("dasa-*/umap-40-0.safetensors"))  # the map is cached
     html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
     assert html.count("<tr>") >= 5  # the top-selected table
     lines = [json.loads(x) for x in (tmp_path / "dasa" / "results.jsonl").read_text().splitlines()]
-    assert sorted(x["method"] for x in lines) == ["FT", "FT+DASA", "FT+oracle", "FT+random"]
+    assert sorted(x["method"] for x in lines) == ["FT", "FT+DASA", "FT+length-matched", "FT+oracle", "FT+random"]
 
 
 @pytest.mark.parametrize("notebook, parameters, message", [

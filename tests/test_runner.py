@@ -92,6 +92,9 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     for model in reports.MAIN_MODELS.values():
         assert f"<th>{html.escape(model)}</th>" in main, model
     assert main.count("<b>") >= len(reports.MAIN_COLUMNS) and "nDCG@10" in main
+    # every model but FT shows its difference to FT with an interval
+    assert len(re.findall(r"<td>[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]</td>", main)) == \
+        2 * (len(reports.MAIN_MODELS) - 1)
     assert '<img id="alpha-sweep"' in index and "data:image/png;base64" in index
     assert '<table border="1" class="dataframe" id="results">' in index  # every model, in a details element
     page = (folder / "02_ood_detection.html").read_text()

@@ -34,7 +34,7 @@ class RunConfig:
     data: str = ""                  # where the data is; "" = the DARL_DATA environment variable
     scheme: str = "strict"          # Home Depot rating cut-offs: strict (< 2.0, < 2.67) or round (< 1.5, < 2.5)
     csv_columns: dict = field(default_factory=dict)  # csv: column names {query, item, label, group, item_id}, sep, encoding
-    # split (STUDY.md section 3)
+    # split (docs/STUDY.md section 3)
     protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
     held_out: list[str] = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
     split_seed: int = -1            # salt of the query hash that assigns parts; -1 = the run's seed, so the
@@ -56,20 +56,20 @@ class RunConfig:
     max_grad_norm: float = 1.0
     patience: int = 1               # stop after this many epochs without id_val gain (0 = never stop early)
     seed: int = 0                   # model initialisation and data order
-    # LP and LPFT (STUDY.md section 5): the head trained on cached features of the frozen backbone
+    # LP and LPFT (docs/STUDY.md section 5): the head trained on cached features of the frozen backbone
     lp_epochs: int = 100            # LP: at most this many passes over the cached train features
     lp_lr: float = 1e-3             # LP: AdamW learning rate of the head
     lp_batch_size: int = 256        # LP: batch of feature vectors
     lp_patience: int = 10           # LP: stop after this many epochs without id_val gain
     lpft_head_lr: float = 0.0       # LPFT's FT stage: learning rate of the probed head (0 = lr, as in LP-FT)
     alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: coefficients evaluated; alpha* is chosen on id_val
-    # OCC (STUDY.md section 5): loss = CE + occ_lambda * KL(p || q_rho)
+    # OCC (docs/STUDY.md section 5): loss = CE + occ_lambda * KL(p || q_rho)
     occ_lambda: float = 0.0         # weight of the KL term; 0 = plain cross-entropy (DaRL uses 0.5)
     occ_rho: float = 0.1            # prior mass moved off the gold degree, in [0, 1)
     occ_prior: str = "ordinal"      # ordinal (spread by closeness on the degree scale) | uniform
     occ_direction: str = "reverse"  # reverse = KL(p || q), OCC | forward = KL(q || p), label smoothing
     occ_stage: str = "ft"           # where LPFT uses the OCC loss: lp | ft | both (plain FT uses it unless lp)
-    # DASA (STUDY.md section 5): the training set, as split or augmented with labelled pool pairs
+    # DASA (docs/STUDY.md section 5): the training set, as split or augmented with labelled pool pairs
     augment: str = "none"           # none | dasa (top-B pool pairs by OOD score) | random (B random pool pairs) |
                                     # oracle (B pool_ood pairs) | length_matched (B random pool pairs with the
                                     # token counts of DASA's selection)

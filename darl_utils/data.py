@@ -24,7 +24,7 @@ import pandas as pd
 DEGREES = ("irrelevant", "weak", "strong")  # ordered: index = degree, higher = more relevant
 DEGREE_INDEX = {name: i for i, name in enumerate(DEGREES)}
 
-# Home Depot mean ratings (1..3) to degrees: upper bounds of irrelevant and weak (STUDY.md section 2).
+# Home Depot mean ratings (1..3) to degrees: upper bounds of irrelevant and weak (docs/STUDY.md section 2).
 HOMEDEPOT_SCHEMES = {"strict": (2.0, 2.67), "round": (1.5, 2.5)}
 WANDS_LABELS = {"Irrelevant": 0, "Partial": 1, "Exact": 2}
 WANDS_URL = "https://raw.githubusercontent.com/wayfair/WANDS/main/dataset/{name}"

@@ -1,4 +1,4 @@
-"""OCC, DaRL's over-confidence calibration: CE(p, y) + lambda * KL(p || q_rho(y)) (STUDY.md section 5).
+"""OCC, DaRL's over-confidence calibration: CE(p, y) + lambda * KL(p || q_rho(y)) (docs/STUDY.md section 5).
 
 q_rho(y) keeps 1 - rho on the gold degree and spreads rho over the others:
 - "ordinal" (default): in proportion to closeness 1 / |i - y| on the degree scale, so a strong pair lends more

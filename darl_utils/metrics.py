@@ -1,4 +1,4 @@
-"""Metrics over the three ordered degrees (STUDY.md section 6): classification and confidence."""
+"""Metrics over the three ordered degrees (docs/STUDY.md section 6): classification and confidence."""
 from __future__ import annotations
 
 import numpy as np
@@ -84,7 +84,7 @@ def confidence_metrics(probs, labels) -> dict:
 
 
 def ndcg_at_k(queries, probs, labels, k: int = NDCG_K) -> dict:
-    """Mean nDCG@k over queries (STUDY.md section 6): each query's items ranked by expected relevance
+    """Mean nDCG@k over queries (docs/STUDY.md section 6): each query's items ranked by expected relevance
     (probabilities times gains 0 / 1 / 2), against the ideal order of their gold gains; DCG sums
     gain / log2(rank + 1). Only queries whose items have at least two different degrees count: with one degree
     every order is ideal and says nothing."""

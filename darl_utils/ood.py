@@ -1,4 +1,4 @@
-"""DASA's OOD scores of pool features against the training set (STUDY.md section 5). Higher = less covered.
+"""DASA's OOD scores of pool features against the training set (docs/STUDY.md section 5). Higher = less covered.
 
 - Mahalanobis: class means from train, one shared covariance with Ledoit-Wolf shrinkage, solved in float64;
   the score is the smallest squared distance over the classes.

@@ -1,4 +1,4 @@
-"""Query-disjoint ID / OOD splits under a named protocol (STUDY.md section 3).
+"""Query-disjoint ID / OOD splits under a named protocol (docs/STUDY.md section 3).
 
 A protocol marks each query in or out of distribution:
 

@@ -238,3 +238,12 @@ def test_a_score_that_only_measures_length_is_exposed():
     assert length_correlation(by_length, tokens) > 0.95
     knows = is_ood + rng.normal(0, 0.8, len(tokens))  # a detector that sees OOD, whatever the length
     assert length_stratified_auroc(knows, is_ood, tokens)["auroc_within_length"] > 0.75
+
+
+def test_the_source_model_resets_every_occ_setting(pairs_csv, tiny_encoder, tmp_path):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", augment="dasa", occ_lambda=0.5, occ_rho=0.3,
+                      occ_prior="uniform", occ_direction="forward", occ_stage="both")
+    source, plain = dasa.source_config(cfg), tiny_config(pairs_csv, tiny_encoder, tmp_path / "out")
+    assert source == plain  # plain FT on train: the same run, whatever OCC setting the augmented run uses
+    assert pipeline.run_folder("FT", source, exclude=pipeline.LPFT_ONLY) == \
+        pipeline.run_folder("FT", plain, exclude=pipeline.LPFT_ONLY)

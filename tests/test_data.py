@@ -26,7 +26,7 @@ def test_homedepot_real_file(homedepot_path):
     assert len(df) == 74058 and pairs.dropped == {"duplicate_pair_same_label": 0, "same_after_cleaning_same_label": 1,
                                                   "same_after_cleaning_conflicting_labels": 8}
     shares = df["label"].value_counts(normalize=True).sort_index().round(3).tolist()
-    assert shares == [0.161, 0.376, 0.464]  # strict scheme: irrelevant, weak, strong (STUDY.md section 2)
+    assert shares == [0.161, 0.376, 0.464]  # strict scheme: irrelevant, weak, strong (docs/STUDY.md section 2)
     assert not df["item"].str.contains("&#39;|&amp;").any()  # HTML entities unescaped
     assert df["row"].min() == 2 and df["row"].max() == 74068
     assert not df.duplicated(["query", "item_id"]).any()

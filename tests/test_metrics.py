@@ -1,4 +1,4 @@
-"""nDCG@10 (STUDY.md section 6) against scikit-learn's ndcg_score, query by query."""
+"""nDCG@10 (docs/STUDY.md section 6) against scikit-learn's ndcg_score, query by query."""
 import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score

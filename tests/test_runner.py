@@ -102,7 +102,9 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     assert "data:image/png;base64" in page and "Claim 4 " in page  # figures inline, verdict shown
     page = (folder / "05_evaluation.html").read_text()
     for claim in range(1, 6):
-        assert f"Claim {claim} " in page
+        assert re.search(rf"Claim {claim}[ ,]", page), claim
+    # every verdict reads an interval: holds, does not hold, or not distinguishable
+    assert len(re.findall(r"Claim \d(?:, over-confidence,)? (?:holds|does not hold|not distinguishable)", page)) == 5
     results = sorted(p.parent.name for p in (folder / "results").glob("*/results.jsonl"))
     assert results == ["02_ood_detection", "03_lpft_alpha_sweep", "04_occ_calibration", "05_evaluation"]
 

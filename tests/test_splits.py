@@ -157,7 +157,7 @@ def test_unseen_words_protocol(homedepot):
     flags = unseen_word_queries(homedepot)
     assert flags["lawn sprkinler"] and not flags["angle bracket"]
     share = homedepot["query"].map(flags).mean()
-    assert 0.15 < share < 0.27  # about 21 % of pairs (STUDY.md section 3)
+    assert 0.15 < share < 0.27  # about 21 % of pairs (docs/STUDY.md section 3)
 
 
 def test_department_protocol_on_homedepot(homedepot):

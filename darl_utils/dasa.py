@@ -345,8 +345,9 @@ UMAP_GROUPS = ("train", "pool_id", "pool_ood", "selected", "ood_test")
 
 
 def umap_embedding(record: dict, per_group: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """A 2-D UMAP map of the source model's features (the representation DASA scored): train, pool_id and pool_ood (not selected), the selected
-    pool pairs and ood_test, at most `per_group` points each (drawn with `seed`). Cached beside the selection."""
+    """A 2-D UMAP map of the source model's features (the representation DASA scored): train, pool_id and
+    pool_ood (not selected), the selected pool pairs and ood_test, at most `per_group` points each (drawn with
+    `seed`). Cached beside the selection."""
     path = Path(record["folder"]) / f"umap-{per_group}-{seed}.safetensors"
     if not path.exists():
         scores = load_scores(record)

@@ -101,8 +101,8 @@ def claim2(table: pd.DataFrame, lpft: str = "LPFT (alpha*)", base: str = "FT") -
     balance = paired_mean_difference(parts, "macro_f1", RESAMPLES, BOOTSTRAP_SEED)
     each = {tag: compare(table, lpft, base, part, "macro_f1") for tag, part in PARTS.items()}
     alpha = table[table["model"] == lpft]["alpha"].mean()
-    text = (f"Claim 2 {verdict_word(balance)}: {lpft} (mean alpha* {alpha:.2f}) minus {base}, mean of ID and OOD "
-            f"macro-F1: {balance.text()}; ID {each['ID'].text()}, OOD {each['OOD'].text()}.")
+    text = (f"Claim 2 {verdict_word(balance)}: {lpft} minus {base} (alpha* {alpha:.2f} on average over seeds), "
+            f"mean of ID and OOD macro-F1: {balance.text()}; ID {each['ID'].text()}, OOD {each['OOD'].text()}.")
     if _has(table, "LPFT (0.6)"):
         paper = paired_mean_difference([seed_predictions(table, "LPFT (0.6)", base, p) for p in PARTS.values()],
                                        "macro_f1", RESAMPLES, BOOTSTRAP_SEED)
@@ -163,8 +163,8 @@ def claim5(table: pd.DataFrame) -> str:
         best = max(baselines, key=lambda b: table[table["model"] == b][f"{tag.lower()}_macro_f1"].mean())
         d = compare(table, DARL, best, part, "macro_f1")
         words.append(verdict_word(d))
-        parts.append(f"{tag} against the best baseline there ({best}) {d.text()}")
-    text = f"Claim 5 {_combine(words)}: DaRL minus " + "; ".join(parts) + "."
+        parts.append(f"{tag} macro-F1 {d.text()} (against {best}, the best baseline there)")
+    text = f"Claim 5 {_combine(words)}: DaRL minus the best baseline, " + "; ".join(parts) + "."
     gains = []
     for part_name, without in ABLATIONS.items():
         if _has(table, without):

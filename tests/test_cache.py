@@ -30,7 +30,8 @@ def test_the_copy_has_the_same_fingerprint(package_copy):
     ("losses.py", "return ce + self.lam * kl.mean()", "return ce + 2 * self.lam * kl.mean()"),
     ("metrics.py", "ECE_BINS = 15", "ECE_BINS = 10"),
     ("splits.py", "def make_split(", "def _unused():\n    return 1\n\n\ndef make_split("),
-    ("training.py", "def seed_everything(seed: int) -> None:\n", "def seed_everything(seed: int) -> None:\n    seed += 1\n"),
+    ("training.py", "def seed_everything(seed: int) -> None:\n",
+     "def seed_everything(seed: int) -> None:\n    seed += 1\n"),
     ("ood.py", "return np.sort(order[:budget])", "return np.sort(order[:budget])"),  # control: same code
 ])
 def test_a_change_to_the_computing_code_changes_the_fingerprint(package_copy, module, old, new):

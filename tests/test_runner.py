@@ -81,7 +81,8 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     for nb in runner.study_notebooks():
         page = folder / f"{nb.stem}.html"
         assert page.stat().st_size < PAGE_BUDGET, (page.name, page.stat().st_size)
-        assert "IProgress not found" not in page.read_text()  # library warnings stay off the pages
+        text = page.read_text()
+        assert "IProgress not found" not in text and "UserWarning" not in text  # library warnings stay off the pages
         assert f'<a href="{nb.stem}.html">{nb.name}</a></td><td class="finished">finished' in index
     assert len(runner.study_notebooks()) == 5
     assert (folder / "index.html").stat().st_size < PAGE_BUDGET

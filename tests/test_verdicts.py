@@ -53,7 +53,9 @@ def acc(id_value, ood_value):
 def test_claim5_holds_only_when_both_intervals_clear_zero(table_of):
     base = {"FT": acc(0.5, 0.4), "LP": acc(0.45, 0.42), "FT+LS": acc(0.5, 0.4)}
     better = table_of({**base, verdicts.DARL: acc(0.8, 0.75)})
-    assert verdicts.claim5(better).startswith("Claim 5 holds: DaRL minus ID against the best baseline there (FT)")
+    text = verdicts.claim5(better)
+    assert text.startswith("Claim 5 holds: DaRL minus the best baseline, ID macro-F1 +0.")
+    assert "(against FT, the best baseline there); OOD macro-F1 +0." in text and "(against LP, " in text
     same = table_of({**base, verdicts.DARL: acc(0.5, 0.4)})
     assert verdicts.claim5(same).startswith("Claim 5 not distinguishable")
     worse = table_of({**base, verdicts.DARL: acc(0.8, 0.1)})

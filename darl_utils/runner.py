@@ -245,7 +245,7 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>darl-study: {e(profile)}</title>
 <style>body{{font-family:sans-serif;max-width:75em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}.failed{{color:#b00;font-weight:bold}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}table.main td{{white-space:nowrap}}.failed{{color:#b00;font-weight:bold}}
 .finished{{color:#070}}img{{max-width:100%}}</style></head><body>
 <h1>darl-study report: profile {e(profile)}</h1>
 <p>commit {e(info['commit'])} · {e(info['date'])} · {e(info['device'])} · Python {e(info['python'])}</p>
@@ -253,8 +253,9 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}.failed{{color:
 <h2>Main table (notebook 05; mean ± sd over seeds, best in bold)</h2>
 {main_table(out)}
 <p>macro-F1 over the three degrees on id_test (ID) and ood_test (OOD); ECE with 15 bins; nDCG@10 per query by
-expected relevance. Best: highest F1 and nDCG, lowest ECE, gap closest to zero. The verdicts on each claim are on
-the notebook pages.</p>
+expected relevance. Best: highest F1 and nDCG, lowest ECE, gap closest to zero. "− FT [95 % CI]": the model's
+macro-F1 minus FT's with its 95 % interval from a paired bootstrap over test queries; an interval that contains 0
+cannot tell the model from FT. The verdicts on each claim are on the notebook pages.</p>
 <h2>LPFT: macro-F1 against alpha (notebook 03)</h2>
 {alpha_sweep_figure(out)}
 <h2>Notebooks</h2>

@@ -173,7 +173,7 @@ def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> 
     frames = {**{p: parts[p] for p in ("train", "id_val", "id_test", "ood_test")}, "pool": pool.frame}
     features, files = {}, {}
     for p, frame in frames.items():
-        files[p] = str(representation_path(model_id, frame, cfg.max_length))
+        files[p] = str(representation_path(model_id, frame, cfg.max_length, runtime.precision))
         features[p] = cached_representations(model, model_id, frame, tokenizer, cfg.max_length,
                                              cfg.eval_batch_size, runtime, cfg.progress and runtime.main)
     return features, files, source

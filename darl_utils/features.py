@@ -26,9 +26,11 @@ def text_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def feature_path(model_id: str, frame: pd.DataFrame, max_length: int):
+def feature_path(model_id: str, frame: pd.DataFrame, max_length: int, precision: str = "cpu-float32"):
+    """`precision` (runtime.precision): bf16 features on a GPU and float32 ones on a CPU are not the same."""
     from .cache import code_fingerprint  # features.py is itself among the fingerprinted modules
-    key = hashlib.sha1(f"{model_id}|{max_length}|{text_hash(frame)}|{code_fingerprint()}".encode()).hexdigest()[:16]
+    text = f"{model_id}|{max_length}|{text_hash(frame)}|{precision}|{code_fingerprint()}"
+    key = hashlib.sha1(text.encode()).hexdigest()[:16]
     return cache_dir() / "features" / f"{key}.safetensors"
 
 
@@ -36,7 +38,7 @@ def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, 
                     batch_size: int, runtime: Runtime, progress: bool = False) -> np.ndarray:
     """Features (n x hidden, float32) of `frame` (already encoded as `data`) under `model`, from the cache
     when there. `model_id` must change whenever the weights do (a backbone path, a checkpoint folder)."""
-    path = feature_path(model_id, frame, max_length)
+    path = feature_path(model_id, frame, max_length, runtime.precision)
     if not broadcast(path.exists()):  # one decision for all processes, so they meet at the same barrier
         if runtime.main:
             features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")

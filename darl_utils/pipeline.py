@@ -26,7 +26,7 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch, 
 from .cache import data_fingerprint, processes_tag
 from .config import RunConfig
 from .data import cache_dir, load_pairs
-from .features import cached_features
+from .features import cached_features, text_hash
 from .interpolation import choose_alpha, interpolate
 from .losses import make_loss
 from .metrics import evaluate_logits, softmax
@@ -45,13 +45,30 @@ def load_data(cfg: RunConfig):
     return load_pairs(cfg.dataset, cfg.data_path(), **options)
 
 
+_MEMO: dict = {}  # per process: splits and tokenised parts, reused by every run of one notebook or command
+MEMO_SIZE = 64
+
+
+def _memo(key, make):
+    """make() once per key in this process (a run never mutates what it gets)."""
+    if key not in _MEMO:
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))  # the oldest goes first
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
 def prepare_split(cfg: RunConfig) -> Split:
     """The split for the config's data and protocol, saved with its summary under the cache (once)."""
+    key = cfg.key("dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed",
+                  extra=data_fingerprint(cfg.data_path()))
+    return _memo(("split", key, str(cache_dir())), lambda: _make_split(cfg, key))
+
+
+def _make_split(cfg: RunConfig, key: str) -> Split:
     pairs = load_data(cfg)
     split = make_split(pairs.frame, cfg.split_config(), cfg.dataset)
     split.load_dropped = pairs.dropped
-    key = cfg.key("dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed",
-                  extra=data_fingerprint(cfg.data_path()))
     split.directory = cache_dir() / "splits" / f"{cfg.dataset}-{cfg.protocol}-{key}"
     first = int(os.environ.get("RANK", "0")) == 0  # under torchrun the others compute it in memory only
     if first and not (split.directory / "split.json").exists():
@@ -90,7 +107,10 @@ class Context:
 
     def encoded(self, part: str) -> Encoded:
         if part not in self._encoded:
-            self._encoded[part] = encode(self.parts[part], self.tokenizer, self.kind, self.cfg.max_length)
+            frame = self.parts[part]
+            key = ("encoded", self.where, self.kind, self.cfg.max_length, text_hash(frame),
+                   hashlib.sha1(frame["label"].to_numpy().tobytes()).hexdigest())
+            self._encoded[part] = _memo(key, lambda: encode(frame, self.tokenizer, self.kind, self.cfg.max_length))
         return self._encoded[part]
 
     def new_model(self) -> RelevanceModel:
@@ -256,6 +276,7 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
             (folder / "fit.json").write_text(json.dumps(fit))
     head = broadcast({k: v.cpu() for k, v in model.head.state_dict().items()} if ctx.runtime.main else None)
     model.head.load_state_dict(head)
+    model.to(ctx.runtime.device)  # train_probe leaves the head on the CPU; the alpha sweep feeds it device features
     return broadcast(fit)
 
 

@@ -60,7 +60,8 @@ def _pooled(model, encoded: list[dict], tokenizer, hows: dict, batch_size: int, 
                 out[name].append(pool(hidden, batch["attention_mask"], how).float().cpu())
             if head_hidden:
                 own = pool(hidden, batch["attention_mask"], model.pooling)
-                out["head_hidden"].append(model.head[:3](own).float().cpu())  # dropout (off), Linear, GELU
+                with torch.autocast(device_type=own.device.type, enabled=False):  # the head runs in float32
+                    out["head_hidden"].append(model.head[:3](own.float()).cpu())  # dropout (off), Linear, GELU
     model.train(was_training)
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     result = {}
@@ -91,8 +92,10 @@ def extract(model, frame: pd.DataFrame, tokenizer, max_length: int, batch_size: 
     return out
 
 
-def representation_path(model_id: str, frame: pd.DataFrame, max_length: int):
-    key = hashlib.sha1(f"{model_id}|{max_length}|{text_hash(frame)}|{code_fingerprint()}".encode()).hexdigest()
+def representation_path(model_id: str, frame: pd.DataFrame, max_length: int, precision: str = "cpu-float32"):
+    """`precision` (runtime.precision): bf16 features on a GPU and float32 ones on a CPU are not the same."""
+    text = f"{model_id}|{max_length}|{text_hash(frame)}|{precision}|{code_fingerprint()}"
+    key = hashlib.sha1(text.encode()).hexdigest()
     return cache_dir() / "representations" / f"{key[:16]}.safetensors"
 
 
@@ -100,7 +103,7 @@ def cached_representations(model, model_id: str, frame: pd.DataFrame, tokenizer,
                            runtime: Runtime, progress: bool = False) -> dict[str, np.ndarray]:
     """`extract`, from the cache when there (process 0 computes; the others read). `model_id` must change
     whenever the weights do."""
-    path = representation_path(model_id, frame, max_length)
+    path = representation_path(model_id, frame, max_length, runtime.precision)
     if not broadcast(path.exists()):
         if runtime.main:
             values = extract(model, frame, tokenizer, max_length, batch_size, runtime, progress)

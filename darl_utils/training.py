@@ -34,6 +34,11 @@ class Runtime:
         return self.rank == 0
 
     @property
+    def precision(self) -> str:
+        """What cached features depend on besides the weights: the device type and the autocast dtype."""
+        return "cuda-bfloat16" if self.device.type == "cuda" else f"{self.device.type}-float32"
+
+    @property
     def autocast(self):
         # bf16 only inside autocast on CUDA; master weights and optimizer state stay float32.
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -166,10 +171,23 @@ def _oom_message(e: Exception, settings: TrainSettings, runtime: Runtime) -> str
             f"max_length ({str(e).splitlines()[0]})")
 
 
+SYNC_EVERY = 50  # steps between reads of the loss on the host (finiteness check, progress bar)
+
+
+def _check_finite(mean_loss: torch.Tensor, epoch: int, settings: "TrainSettings", bar) -> float:
+    """The loss read back once per SYNC_EVERY steps and per epoch: a NaN or inf stops the run with advice. A
+    mean is finite only when every loss in it was."""
+    value = float(mean_loss)
+    if not math.isfinite(value):
+        raise RuntimeError(f"loss became {value} at epoch {epoch}; lower lr ({settings.lr})")
+    bar.set_postfix(loss=f"{value:.3f}")
+    return value
+
+
 def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainSettings, runtime: Runtime,
                 loss_fn=None) -> dict:
     """Fine-tune every trainable parameter; keep the weights of the best id_val macro-F1. Returns the history."""
-    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    loss_fn = (loss_fn or torch.nn.CrossEntropyLoss()).to(runtime.device)  # its constants move once, not per step
     seed_everything(settings.seed)
     model.to(runtime.device)
     wrapped = model
@@ -189,7 +207,8 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
         wrapped.train()
-        losses = []
+        # the loss stays on the device: reading it every step would make the GPU wait for Python
+        total_loss, window, steps = torch.zeros((), device=runtime.device), [], 0
         for batch in loader:
             batch = _to(batch, runtime.device)
             labels = batch.pop("labels")
@@ -201,17 +220,20 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
                 loss.backward()
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(_oom_message(e, settings, runtime)) from None
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss became {loss.item()} at epoch {epoch}; lower lr ({settings.lr})")
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
+            total_loss += loss.detach()
+            window.append(loss.detach())
+            steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            if steps % SYNC_EVERY == 0:
+                _check_finite(torch.stack(window).mean(), epoch, settings, bar)
+                window = []
+        mean_loss = _check_finite(total_loss / max(steps, 1), epoch, settings, bar)
         val_pred = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime).argmax(1)
         val_f1 = broadcast(classification_metrics(val.labels, val_pred)["macro_f1"])  # one decision for all
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
+        history.append({"epoch": epoch, "train_loss": mean_loss, "id_val_macro_f1": val_f1})
         if keeper.stop_after(val_f1, model):
             break
     bar.close()
@@ -233,7 +255,7 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
                 settings: ProbeSettings, loss_fn=None, device: str | torch.device = "cpu") -> dict:
     """LP: train only the head on cached backbone features; keep the epoch with the best id_val macro-F1.
     Seconds, not minutes: no backbone pass at all."""
-    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    loss_fn = (loss_fn or torch.nn.CrossEntropyLoss()).to(device)
     started = time.perf_counter()
     seed_everything(settings.seed)
     head.to(device)
@@ -251,12 +273,12 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read back once per epoch, not per minibatch
         head.eval()
         with torch.no_grad():
             val_pred = head(vx).argmax(1).cpu().numpy()
         val_f1 = classification_metrics(val_y, val_pred)["macro_f1"]
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "id_val_macro_f1": val_f1})
+        history.append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "id_val_macro_f1": val_f1})
         if keeper.stop_after(val_f1, head):
             break
     keeper.restore(head)

@@ -91,3 +91,31 @@ def test_builtin_smollm2_converts_and_reads_last_token():
     with torch.no_grad():
         feats = model.features(**batch)
     assert feats.shape == (2, 576) and torch.isfinite(feats).all()
+
+
+def test_the_head_runs_in_float32_under_bf16_autocast(tiny_encoder):
+    # bf16 logits would round the probabilities that ECE, NLL, entropy and nDCG read
+    backbone, tokenizer, kind, _ = load_backbone(tiny_encoder)
+    model = RelevanceModel(backbone, kind).eval()
+    batch = Collator(tokenizer)(encode_pairs(tokenizer, QUERIES, ITEMS, kind, 64))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.features(**batch)
+        logits = model(**batch)
+        rounded = model.head(features)  # what the head gave before: its Linear layers under autocast
+    assert logits.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(logits, model.head(features.float()))
+    assert not torch.equal(logits, rounded.float())
+
+
+def test_cached_features_are_keyed_by_device_and_precision():
+    import pandas as pd
+
+    from darl_utils.features import feature_path
+    from darl_utils.representations import representation_path
+    from darl_utils.training import Runtime
+    frame = pd.DataFrame({"query": QUERIES, "item": ITEMS})
+    cuda = Runtime(device=torch.device("cuda", 0))
+    assert cuda.precision == "cuda-bfloat16" and Runtime().precision == "cpu-float32"
+    for path in (feature_path, representation_path):
+        assert path("m", frame, 64, Runtime().precision) != path("m", frame, 64, cuda.precision)

@@ -1,0 +1,68 @@
+"""On a CUDA GPU only (skipped, with the reason, elsewhere): bf16 training agrees with the CPU, LPFT with a cached
+fine-tuned model but a new probe runs on the GPU, one process under torchrun with NCCL, the out-of-memory message.
+
+    pytest -m gpu          # on a machine with a CUDA GPU
+"""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from darl_utils import pipeline
+from test_training import ROOT, tiny_config
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none is visible)")]
+AGREEMENT = 0.9  # share of id_test pairs on which the bf16 GPU model and the fp32 CPU model predict the same degree
+
+
+def test_bf16_training_on_the_gpu_agrees_with_the_cpu(pairs_csv, tiny_encoder, tmp_path):
+    from safetensors.numpy import load_file
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=6)
+    cpu = pipeline.run_ft(cfg)
+    gpu = pipeline.run_ft(replace(cfg, device="cuda"))
+    assert gpu["environment"]["device"] != cpu["environment"]["device"]
+    a, b = load_file(cpu["predictions"]), load_file(gpu["predictions"])
+    same = (a["id_test/probs"].argmax(1) == b["id_test/probs"].argmax(1)).mean()
+    assert same >= AGREEMENT, same
+    assert abs(gpu["id_test"]["macro_f1"] - cpu["id_test"]["macro_f1"]) < 0.1
+    assert b["id_test/probs"].dtype == np.float32
+
+
+def test_lpft_with_a_cached_fine_tuned_model_and_a_new_probe(pairs_csv, tiny_encoder, tmp_path):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=2, device="cuda", alphas=[0.0, 0.5, 1.0])
+    first = pipeline.run_lpft(cfg)
+    for probe in (tmp_path / "cache" / "runs").glob("lp-*"):  # the probe is gone, the fine-tuned weights stay
+        for f in probe.iterdir():
+            f.unlink()
+        probe.rmdir()
+    for done in (tmp_path / "cache" / "runs").glob("lpft-*/result.json"):
+        done.unlink()
+    again = pipeline.run_lpft(cfg)  # before the fix: the probed head stayed on the CPU, a device error here
+    assert again["alpha_star"] in (0.0, 0.5, 1.0) and again["sweep"][0]["alpha"] == first["sweep"][0]["alpha"]
+
+
+def test_one_process_under_torchrun_with_nccl(pairs_csv, tiny_encoder, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "darl_utils",
+           "ft", "--dataset", "csv", "--data", str(pairs_csv), "--backbone", tiny_encoder, "--max-length", "32",
+           "--epochs", "1", "--batch-size", "8", "--device", "cuda", "--no-progress", "--out-dir", str(tmp_path / "o")]
+    env = {**os.environ, "DARL_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [saved] = (tmp_path / "o").glob("ft-*.json")
+    assert json.loads(saved.read_text())["environment"]["device"] == torch.cuda.get_device_name(0)
+
+
+def test_out_of_memory_names_the_batch_size(pairs_csv, tiny_encoder, tmp_path):
+    from darl_utils.training import Runtime, _oom_message
+    runtime = Runtime(device=torch.device("cuda", 0))
+    free, _ = torch.cuda.mem_get_info()
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        torch.empty(int(free * 2), dtype=torch.uint8, device="cuda")
+    message = _oom_message(caught.value, pipeline.RunConfig(batch_size=4096).train_settings(), runtime)
+    assert message.startswith("out of memory on cuda:0 at batch size 4096: lower batch_size or max_length")

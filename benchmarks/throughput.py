@@ -1,0 +1,148 @@
+"""Our training loop against Hugging Face's Trainer: the same model, data, batch size, precision and epochs.
+
+    python benchmarks/throughput.py --data train.csv.gz                    # one GPU: batch 256 and 32, all train
+    python benchmarks/throughput.py --data train.csv.gz --device cpu --max-train-pairs 512 --batch-sizes 32
+
+Both train RelevanceModel (MiniLM + MLP head) on the Home Depot train part of the default split, max_length 64,
+dynamic padding, bf16 autocast with float32 master weights on a GPU (fp32 on a CPU), AdamW with linear warmup and
+decay, the same learning rates, gradient clipping and epochs. Each first runs `--warmup-steps` steps that are
+not timed. Printed per batch size: training samples per second of each and their ratio (ours / Trainer), peak
+GPU memory, and each model's id_val macro-F1 after the same epochs, so that speed is not bought with quality.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+
+from darl_utils import pipeline
+from darl_utils.config import RunConfig
+from darl_utils.metrics import classification_metrics
+from darl_utils.modeling import RelevanceModel, load_backbone
+from darl_utils.training import Encoded, predict_logits, seed_everything, train_model
+
+
+class TrainerModel(torch.nn.Module):
+    """RelevanceModel in the shape Trainer expects: labels in, {"loss", "logits"} out."""
+
+    def __init__(self, model: RelevanceModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        logits = self.model(input_ids, attention_mask, token_type_ids)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def fresh_model(cfg: RunConfig) -> RelevanceModel:
+    backbone, _, kind, _ = load_backbone(cfg.backbone)
+    seed_everything(cfg.seed)
+    return RelevanceModel(backbone, kind, cfg.dropout)
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_ours(cfg: RunConfig, ctx, train: Encoded, tiny_val: Encoded, warmup: Encoded) -> RelevanceModel:
+    settings = replace(cfg.train_settings(), progress=False, patience=0)
+    model = fresh_model(cfg)
+    train_model(model, warmup, tiny_val, ctx.tokenizer, replace(settings, epochs=1), ctx.runtime)  # not timed
+    model = fresh_model(cfg)
+    seconds = timed(lambda: train_model(model, train, tiny_val, ctx.tokenizer, settings, ctx.runtime))
+    return model, seconds
+
+
+def run_trainer(cfg: RunConfig, ctx, train: Encoded, warmup: Encoded, out_dir: str):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    rows = lambda data: [{**f, "labels": y} for f, y in zip(data.features, data.labels)]  # noqa: E731
+    cuda = ctx.runtime.device.type == "cuda"
+
+    def arguments(rows_count: int, **kw):
+        steps = -(-rows_count // cfg.batch_size) * kw.get("num_train_epochs", 1)
+        warmup = max(1, int(steps * cfg.warmup_ratio))  # as our schedule counts it
+        return TrainingArguments(output_dir=out_dir, per_device_train_batch_size=cfg.batch_size,
+                                 learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=warmup,
+                                 max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="linear", bf16=cuda,
+                                 use_cpu=not cuda, save_strategy="no", eval_strategy="no", report_to=[],
+                                 logging_steps=10_000, seed=cfg.seed, dataloader_num_workers=0,
+                                 disable_tqdm=True, **kw)
+    collate = DataCollatorWithPadding(ctx.tokenizer)
+    model = TrainerModel(fresh_model(cfg))
+    Trainer(model=model, args=arguments(len(warmup), num_train_epochs=1), train_dataset=rows(warmup),
+            data_collator=collate).train()  # not timed
+    model = TrainerModel(fresh_model(cfg))
+    trainer = Trainer(model=model, args=arguments(len(train), num_train_epochs=cfg.epochs), train_dataset=rows(train),
+                      data_collator=collate)
+    seconds = timed(trainer.train)
+    return model.model, seconds
+
+
+def id_val_f1(model, ctx, cfg) -> float:
+    logits = predict_logits(model, ctx.encoded("id_val"), ctx.tokenizer, cfg.eval_batch_size, ctx.runtime)
+    return classification_metrics(ctx.encoded("id_val").labels, logits.argmax(1))["macro_f1"]
+
+
+def measure(cfg: RunConfig, warmup_steps: int, out_dir: str) -> dict:
+    ctx = pipeline.prepare(cfg)
+    train = ctx.encoded("train")
+    warmup = Encoded(train.features[:warmup_steps * cfg.batch_size], train.labels[:warmup_steps * cfg.batch_size])
+    tiny_val = Encoded(ctx.encoded("id_val").features[:cfg.batch_size], ctx.encoded("id_val").labels[:cfg.batch_size])
+    line = {"batch": cfg.batch_size, "pairs": len(train), "epochs": cfg.epochs}
+    for name, run in (("ours", lambda: run_ours(cfg, ctx, train, tiny_val, warmup)),
+                      ("trainer", lambda: run_trainer(cfg, ctx, train, warmup, out_dir))):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        model, seconds = run()
+        line[f"{name}_samples_per_s"] = len(train) * cfg.epochs / seconds
+        line[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        line[f"{name}_id_val_macro_f1"] = id_val_f1(model.to(ctx.runtime.device), ctx, cfg)
+    line["ratio"] = line["ours_samples_per_s"] / line["trainer_samples_per_s"]
+    return line
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="")
+    parser.add_argument("--dataset", default="homedepot")
+    parser.add_argument("--backbone", default="minilm")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 32])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--max-train-pairs", type=int, default=0)
+    parser.add_argument("--max-eval-pairs", type=int, default=2000)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out-dir", default="reports/benchmarks/throughput")
+    args = parser.parse_args(argv)
+    lines = []
+    for batch in args.batch_sizes:
+        # head_lr 0: the head at the backbone's rate, as Trainer's one learning rate
+        cfg = RunConfig(dataset=args.dataset, data=args.data, backbone=args.backbone, max_length=64, batch_size=batch,
+                        head_lr=0.0,
+                        epochs=args.epochs, lr=args.lr, max_train_pairs=args.max_train_pairs,
+                        max_eval_pairs=args.max_eval_pairs, device=args.device, progress=False,
+                        out_dir=args.out_dir).validate()
+        line = measure(cfg, args.warmup_steps, args.out_dir)
+        lines.append(line)
+        peak = "" if line["ours_peak_gib"] is None else \
+            f"; peak GPU memory ours {line['ours_peak_gib']:.2f} GiB, Trainer {line['trainer_peak_gib']:.2f} GiB"
+        print(f"batch {batch}, {line['pairs']:,} train pairs x {args.epochs} epoch(s): ours "
+              f"{line['ours_samples_per_s']:,.0f} samples/s, Trainer {line['trainer_samples_per_s']:,.0f} samples/s, "
+              f"ratio {line['ratio']:.2f}{peak}; id_val macro-F1 ours {line['ours_id_val_macro_f1']:.3f}, "
+              f"Trainer {line['trainer_id_val_macro_f1']:.3f}", flush=True)
+    print(pipeline.environment()["device"])
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The benchmarks run (a small CPU mode); their figures are for reading, not asserted against targets."""
+import runpy
+import sys
+
+from test_training import ROOT
+
+
+def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--dataset", "csv", "--data", str(pairs_csv), "--backbone",
+                                      tiny_encoder, "--batch-sizes", "16", "--max-train-pairs", "96",
+                                      "--warmup-steps", "2", "--device", "cpu", "--out-dir", str(tmp_path)])
+    module = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
+    [line] = module["main"]()
+    assert line["batch"] == 16 and line["pairs"] <= 96 and line["ours_peak_gib"] is None  # no GPU here
+    assert line["ours_samples_per_s"] > 0 and line["trainer_samples_per_s"] > 0
+    assert line["ratio"] == line["ours_samples_per_s"] / line["trainer_samples_per_s"]
+    for name in ("ours", "trainer"):
+        assert 0 <= line[f"{name}_id_val_macro_f1"] <= 1
+    assert "batch 16, " in capsys.readouterr().out

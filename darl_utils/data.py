@@ -110,6 +110,11 @@ def _check_text(df: pd.DataFrame, column: str, path: Path) -> None:
         row = int(df.loc[empty, "row"].iloc[0])
         raise DataError(f"{path}: row {row}: empty or NaN text in column '{column}' "
                         f"({int(empty.sum())} such row(s))")
+    nul = df[column].astype(str).str.contains("\x00", regex=False)  # a binary or truncated file, not text
+    if nul.any():
+        row = int(df.loc[nul, "row"].iloc[0])
+        raise DataError(f"{path}: row {row}: NUL byte in column '{column}' ({int(nul.sum())} such row(s)); "
+                        "is this a text file?")
 
 
 def _dedupe(df: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]:
@@ -145,6 +150,8 @@ def _merge_cleaned_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]
 
 
 def _finish(df: pd.DataFrame, path: Path, dropped: dict | None = None) -> Pairs:
+    if df.empty:  # a header and no rows: say so here, not later as an empty split part
+        raise DataError(f"{path}: no rows of data (only a header)")
     dropped = dict(dropped or {})
     for column in ("query", "item", "item_id"):
         _check_text(df, column, path)

@@ -139,10 +139,12 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
             ledger[nb.name] = {k: v for k, v in statuses[-1].items() if k != "kept"}
             write_ledger(out, ledger)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
+        s = statuses[-1]  # one line per notebook whatever the progress setting: a batch run is never silent
         if progress:
-            s = statuses[-1]
             print(f"    {'unchanged since ' + s['ran'] + ', kept' if s['kept'] else s['status']} "
                   f"({s['seconds']:.0f} s) -> {s['page']}", flush=True)
+        else:
+            print(f"{nb.name}: {'kept' if s['kept'] else s['status']} ({s['seconds']:.0f} s)", flush=True)
     return 0 if all(s["status"] == "finished" for s in statuses) else 1
 
 

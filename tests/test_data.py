@@ -110,6 +110,8 @@ BAD_CSVS = {  # file content -> the one error it must give (file, row, problem)
     "empty text": ("query,item,label\na,b,strong\nc,,weak\n", r"mine.csv: row 3: empty or NaN text in column 'item'"),
     "conflicting duplicate": ("query,item,label\na,b,strong\nc,d,weak\na,b,irrelevant\n",
                               r"mine.csv: rows \[2, 4\]: duplicate pair .* conflicting labels \['strong', 'irrelevant'\]"),
+    "header only": ("query,item,label\n", r"mine.csv: no rows of data \(only a header\)"),
+    "NUL byte": ("query,item,label\na,b,strong\nc,d\x00e,weak\n", r"mine.csv: row 3: NUL byte in column 'item'"),
 }
 
 

@@ -110,12 +110,16 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     assert results == ["02_ood_detection", "03_lpft_alpha_sweep", "04_occ_calibration", "05_evaluation"]
 
 
-def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch):
+def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch, capsys):
     folder, cache = smoke_report
     monkeypatch.setenv("DARL_CACHE", str(cache))
     pages = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"}
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("an unchanged notebook ran again"))
+    capsys.readouterr()
     assert runner.run_profile("smoke", folder.parent, progress=False) == 0
+    said = capsys.readouterr().out.splitlines()  # without progress bars, still one line per notebook
+    assert [line.split(":")[0] for line in said] == [nb.name for nb in runner.study_notebooks()]
+    assert all(re.fullmatch(r"\S+\.ipynb: kept \(\d+ s\)", line) for line in said), said
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"} == pages
     assert (folder / "index.html").read_text().count("(unchanged: kept)") == 5
     monkeypatch.undo()

@@ -4,7 +4,7 @@ out as an executed notebook and an HTML page (code hidden, figures inline), and 
     darl-study report --profile smoke        # tiny random model on synthetic pairs: checks the machinery
     darl-study report --profile quick        # Home Depot on a CPU-sized sub-sample, one seed
     darl-study report --profile full         # all the data, three seeds: meant for a GPU
-    darl-study report --profile mine.yaml    # a user's parameters, in the shape of PROFILES below
+    darl-study report --profile mine.yaml    # a user's parameters, in the shape of profiles/*.yaml
 
 Every parameter is checked for every notebook before the first one starts. Models and features are shared
 through the on-disk cache, so no model is trained twice for the same settings; a notebook whose source,
@@ -31,26 +31,9 @@ import yaml
 from .config import ConfigError, RunConfig
 from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters, run_notebook
 
-# Parameters per profile: "all" goes to every notebook that declares the name, a notebook's own entry (by file
-# stem) overrides it. Notebook defaults fill the rest.
-QUICK_ALPHAS = [0.0, 0.3, 0.6, 1.0]
-SMOKE_ALPHAS = [0.0, 0.5, 0.6, 1.0]
-PROFILES = {
-    "smoke": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 32, "epochs": 3,
-                      "lr": 0.002, "device": "cpu", "seeds": [0], "alphas": SMOKE_ALPHAS,
-                      "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3}},
-              "02_ood_detection": {"umap_points": 40, "top_pairs": 5},
-              "04_occ_calibration": {"rho_sweep": [0.1, 0.3],  # 04 takes alphas through settings
-                                     "settings": {"batch_size": 16, "warmup_ratio": 0.0, "patience": 3,
-                                                  "alphas": SMOKE_ALPHAS}}},
-    # quick: sized for all five notebooks in under 20 minutes on 2 CPU cores (README): 11 fine-tuning runs
-    "quick": {"all": {"max_train_pairs": 1500, "max_eval_pairs": 400, "max_pool_pairs": 1000, "max_length": 48,
-                      "epochs": 1, "lr": 0.00015, "seeds": [0], "alphas": QUICK_ALPHAS},
-              "02_ood_detection": {"umap_points": 300},
-              "04_occ_calibration": {"rho_sweep": [], "settings": {"alphas": QUICK_ALPHAS}}},
-    "full": {"all": {"max_train_pairs": 0, "max_eval_pairs": 0, "max_pool_pairs": 0, "max_length": 64, "epochs": 2,
-                     "lr": 0.00005, "seeds": [0, 1, 2]}},
-}
+# Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
+# notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
+PROFILES_DIR = NOTEBOOKS.parent / "profiles"
 # Notebooks share models through the cache only when their settings agree: the same alphas for 03, 04 and 05
 # (else LPFT+OCC is re-evaluated on another alpha list), the same pool size for 02 and 05.
 PACKAGES = ("torch", "transformers", "scikit-learn", "numpy", "pandas", "papermill", "nbconvert", "umap-learn",
@@ -61,13 +44,18 @@ def study_notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
+def builtin_profiles() -> dict[str, Path]:
+    """smoke, quick, full (smallest first): the profiles that ship in profiles/."""
+    size = {"smoke": 0, "quick": 1, "full": 2}
+    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"), key=lambda p: (size.get(p.stem, 3), p.stem))}
+
+
 def load_profile(profile: str) -> tuple[str, dict]:
     """(name, spec) of a built-in profile or a YAML file of the same shape."""
-    if profile in PROFILES:
-        return profile, json.loads(json.dumps(PROFILES[profile]))
-    path = Path(profile)
+    builtin = builtin_profiles()
+    path = builtin.get(profile, Path(profile))
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        raise ConfigError(f"profile: {profile!r} is neither one of {list(PROFILES)} nor a YAML file that exists")
+        raise ConfigError(f"profile: {profile!r} is neither one of {list(builtin)} nor a YAML file that exists")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -61,7 +61,8 @@ def test_profile_files_are_checked(tmp_path, capsys):
 
 def test_built_in_profiles_name_only_declared_parameters(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "check_values", lambda *a: None)  # real data may be absent here: names, types
-    for name in runner.PROFILES:
+    assert sorted(runner.builtin_profiles()) == ["full", "quick", "smoke"]
+    for name in runner.builtin_profiles():
         runner.resolve(runner.load_profile(name)[1], runner.study_notebooks(), tmp_path)
 
 
@@ -155,8 +156,8 @@ def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
 
 def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
     assets = smoke_assets(tmp_path / "assets")
-    spec = {"all": {**assets, **runner.PROFILES["smoke"]["all"]},
-            **{k: v for k, v in runner.PROFILES["smoke"].items() if k != "all"}}
+    smoke = runner.load_profile("smoke")[1]
+    spec = {"all": {**assets, **smoke["all"]}, **{k: v for k, v in smoke.items() if k != "all"}}
     spec["03_lpft_alpha_sweep"] = {"protocol": "department", "csv_columns": {}}
     code = cli(["report", "--profile", profile_file(tmp_path, spec), "--out", str(tmp_path / "reports"),
                 "--no-progress"])

@@ -31,7 +31,8 @@ from .splits import PROTOCOLS
 def _setting_help() -> dict:
     """The comment beside each RunConfig field: the one place a setting is explained."""
     source = inspect.getsource(RunConfig)
-    return {m.group(1): m.group(2).strip().replace("%", "%%") for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#(.*)$", source, re.M)}
+    fields_with_comments = re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#(.*)$", source, re.M)
+    return {m.group(1): m.group(2).strip().replace("%", "%%") for m in fields_with_comments}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,15 +41,17 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC; forward: FT+fKL or FT+LS)",
-                "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation", "split": "build, save and summarise the split",
-                "select": "build the augmented train set (--augment dasa|random|oracle|length_matched) and print what was "
-                          "added, with every candidate representation's detector quality",
+                "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation",
+                "split": "build, save and summarise the split",
+                "select": "build the augmented train set (--augment dasa|random|oracle|length_matched) and print "
+                          "what was added, with every candidate representation's detector quality",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
     report = sub.add_parser("report", help="run the notebooks of a profile and write the HTML report")
     report.add_argument("--profile", default="quick", help="smoke | quick | full | a YAML file of parameters")
     report.add_argument("--out", default="reports", help="the report goes to OUT/<profile>/ (default: reports)")
     report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    report.add_argument("--force", action="store_true", help="rerun every notebook, also those unchanged since they last finished")
+    report.add_argument("--force", action="store_true",
+                        help="rerun every notebook, also those unchanged since they last finished")
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
         for f in fields(RunConfig):
@@ -58,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
             if kind is bool:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
             elif kind in (dict, list):
-                p.add_argument(flag, type=json.loads if kind is dict else item_type(f), nargs=None if kind is dict else "*",
-                               default=default, help=helps.get(f.name))
+                p.add_argument(flag, type=json.loads if kind is dict else item_type(f),
+                               nargs=None if kind is dict else "*", default=default, help=helps.get(f.name))
             else:
                 p.add_argument(flag, type=kind, default=default, help=f"{helps.get(f.name, '')} (default: {default})")
         if name == "protocol-gap":
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
             print(f"held out: {split.held_out or '-'}; saved in {split.directory}")
         elif command == "select":
             if cfg.augment == "none":
-                raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random, oracle or length_matched")
+                raise ConfigError("augment: 'none' selects nothing; pass --augment dasa, random, oracle or "
+                                  "length_matched")
             from .dasa import selection_line
             print(selection_line(pipeline.prepare(cfg).augmentation))
         elif command in ("ft", "lpft"):

@@ -19,6 +19,7 @@ from .training import TrainSettings
 
 
 RUNNING = ("progress", "reuse", "out_dir", "eval_batch_size")  # change how a run goes, not its result
+LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lpft_head_lr", "alphas")  # plain FT ignores these
 AUGMENTS = ("none", "dasa", "random", "oracle", "length_matched")
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
 
@@ -33,7 +34,7 @@ class RunConfig:
     dataset: str = "homedepot"      # homedepot (a train.csv[.gz] file) | wands (a folder) | csv (a user's file)
     data: str = ""                  # where the data is; "" = the DARL_DATA environment variable
     scheme: str = "strict"          # Home Depot rating cut-offs: strict (< 2.0, < 2.67) or round (< 1.5, < 2.5)
-    csv_columns: dict = field(default_factory=dict)  # csv: column names {query, item, label, group, item_id}, sep, encoding
+    csv_columns: dict = field(default_factory=dict)  # csv: {query, item, label, group, item_id} names, sep, encoding
     # split (docs/STUDY.md section 3)
     protocol: str = DEFAULT_PROTOCOL  # department | query_form | unseen_words
     held_out: list[str] = field(default_factory=list)  # department protocol: OOD groups; [] = dataset default
@@ -62,7 +63,7 @@ class RunConfig:
     lp_batch_size: int = 256        # LP: batch of feature vectors
     lp_patience: int = 10           # LP: stop after this many epochs without id_val gain
     lpft_head_lr: float = 0.0       # LPFT's FT stage: learning rate of the probed head (0 = lr, as in LP-FT)
-    alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: coefficients evaluated; alpha* is chosen on id_val
+    alphas: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # LPFT: alphas; alpha* on id_val
     # OCC (docs/STUDY.md section 5): loss = CE + occ_lambda * KL(p || q_rho)
     occ_lambda: float = 0.0         # weight of the KL term; 0 = plain cross-entropy (DaRL uses 0.5)
     occ_rho: float = 0.1            # prior mass moved off the gold degree, in [0, 1)
@@ -80,7 +81,7 @@ class RunConfig:
                                         # the fine-tuned backbone) | pair_mean | pair_first | head_hidden
                                         # (docs/STUDY.md section 5 has the measurements behind the default)
     dasa_mahalanobis: str = "normalised"  # Mahalanobis on L2-normalised features (as kNN) | raw
-    dasa_knn_search: str = "auto"   # exact | ivf (approximate, for large sets) | auto (exact up to 1e9 pool x train pairs)
+    dasa_knn_search: str = "auto"   # exact | ivf (approximate) | auto (exact up to 1e9 pool x train pairs)
     max_pool_pairs: int = 0         # sub-sample pool_id and pool_ood each to at most this many pairs; 0 = all
     # running
     device: str = "auto"            # auto | cpu | cuda

@@ -13,7 +13,7 @@ The pool's labels live in an `Annotator` and come out only through `reveal`, cal
 the frame that is scored has no label column. Which part a pool pair came from (pool_id or pool_ood) is kept
 beside it for the detector quality, the OOD share of the selection and the oracle, never for scoring.
 
-    augmented = augmented_train(cfg, split, parts, runtime)  # (train frame, record); cached by settings
+    augmented = augmented_train(cfg, split, parts, runtime, run_ft)  # (train frame, record); cached by settings
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .cache import data_fingerprint, processes_tag
-from .config import ConfigError, RunConfig
+from .config import LPFT_ONLY, ConfigError, RunConfig
 from .data import DEGREES, cache_dir
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
 from .representations import (QUERY_SIDE, REPRESENTATIONS, cached_representations, length_correlation,
@@ -116,13 +117,24 @@ def raw_scores(train_x: np.ndarray, train_y: np.ndarray, features: dict[str, np.
     """Per part: the raw Mahalanobis and kNN scores. mahalanobis "normalised" scores unit-length features (the
     norm of a pooled feature can carry the shift). kNN searches `knn_reference` (default train_x): with query
     features, train's distinct queries, as a query repeated over its pairs would fill the k nearest itself."""
-    prepare = (lambda x: l2_normalise(x).numpy()) if mahalanobis == "normalised" else (lambda x: x)
-    reference = train_x if knn_reference is None else knn_reference
+    maha = mahalanobis_scores(train_x, train_y, features, mahalanobis)
+    knn = knn_scores(train_x, features, k, search, knn_reference)
+    return {p: {"mahalanobis": maha[p], "knn": knn[p]} for p in features}
+
+
+def mahalanobis_scores(train_x, train_y, features: dict, variant: str = "raw") -> dict[str, np.ndarray]:
+    """Per part: Mahalanobis on the features as they are (raw) or L2-normalised."""
+    prepare = (lambda x: l2_normalise(x).numpy()) if variant == "normalised" else (lambda x: x)
     maha = Mahalanobis(prepare(train_x), train_y)
+    return {p: maha.score(prepare(x)) for p, x in features.items()}
+
+
+def knn_scores(train_x, features: dict, k: int, search: str, reference=None) -> dict[str, np.ndarray]:
+    """Per part: the distance to the k-th nearest of `reference` (default train_x)."""
+    reference = train_x if reference is None else reference
     # k counts train pairs; among distinct queries the same coverage is k scaled by their share of the pairs
     k = max(1, min(round(k * len(reference) / len(train_x)), len(reference)))
-    return {p: {"mahalanobis": maha.score(prepare(x)), "knn": knn_distance(reference, x, k, search)}
-            for p, x in features.items()}
+    return {p: knn_distance(reference, x, k, search) for p, x in features.items()}
 
 
 def distinct_rows(queries: np.ndarray) -> np.ndarray:
@@ -144,7 +156,6 @@ def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str,
 
 
 def selection_folder(cfg: RunConfig) -> Path:
-    from .pipeline import LPFT_ONLY
     key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(),  # its source FT differs per count
                   exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
     return cache_dir() / "augment" / f"{cfg.augment}-{key}"
@@ -157,14 +168,15 @@ def source_config(cfg: RunConfig) -> RunConfig:
     return replace(cfg, augment="none", **{name: getattr(plain, name) for name in OCC_FIELDS})
 
 
-def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> tuple[dict, dict, dict]:
+def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime,
+                  train_source: Callable[[RunConfig], dict]) -> tuple[dict, dict, dict]:
     """Every candidate representation (and token counts) of train, the scored parts and the pool under the
-    source FT model (trained or reused), the cache files that hold them, and the source run's record."""
+    source FT model (`train_source` trains it or takes it from the cache and returns its record), the cache
+    files that hold them, and the source run's record."""
     from safetensors.torch import load_model
 
     from .modeling import RelevanceModel, load_backbone
-    from .pipeline import run_ft
-    source = broadcast(run_ft(source_config(cfg)))
+    source = broadcast(train_source(source_config(cfg)))
     checkpoint = Path(source["checkpoint"]) / "model.safetensors"
     backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
     model = RelevanceModel(backbone, kind, cfg.dropout).to(runtime.device)
@@ -179,9 +191,6 @@ def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime) -> 
     return features, files, source
 
 
-DETECTOR_VARIANTS = (("mahalanobis", "raw"), ("mahalanobis", "normalised"), ("knn", "normalised"))
-
-
 def representation_table(features: dict, train_y: np.ndarray, train_queries: np.ndarray, is_ood: np.ndarray,
                          k: int, search: str) -> list[dict]:
     """For every candidate representation and detector: AUROC (pool_ood vs pool_id) overall and within
@@ -190,12 +199,12 @@ def representation_table(features: dict, train_y: np.ndarray, train_queries: np.
     for name in REPRESENTATIONS:
         train_x = features["train"][name]
         reference = train_x[distinct_rows(train_queries)] if name in QUERY_SIDE else None
-        scores = {m: raw_scores(train_x, train_y, {"pool": features["pool"][name]}, k, search, m, reference)["pool"]
+        pool = {"pool": features["pool"][name]}
+        scores = {f"mahalanobis ({m})": mahalanobis_scores(train_x, train_y, pool, m)["pool"]
                   for m in ("raw", "normalised")}
-        for detector, variant in DETECTOR_VARIANTS:
-            values = scores[variant][detector]
-            rows.append({"representation": name, "detector": f"{detector} ({variant})" if detector != "knn"
-                         else "knn", **quality_by_length(values, is_ood, tokens)})
+        scores["knn"] = knn_scores(train_x, pool, k, search, reference)["pool"]  # once: it normalises either way
+        rows += [{"representation": name, "detector": detector, **quality_by_length(values, is_ood, tokens)}
+                 for detector, values in scores.items()]
     return rows
 
 
@@ -205,9 +214,11 @@ def quality_by_length(scores: np.ndarray, is_ood: np.ndarray, tokens: np.ndarray
             "corr_tokens": length_correlation(scores, tokens)}
 
 
-def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime) -> tuple[pd.DataFrame, dict]:
+def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime,
+                    train_source: Callable[[RunConfig], dict]) -> tuple[pd.DataFrame, dict]:
     """Train plus the pool pairs that cfg.augment chooses, with their labels revealed, and the record of what
-    was added. Saved under the cache (train.csv.gz, scores.safetensors, selection.json written last)."""
+    was added. Saved under the cache (train.csv.gz, scores.safetensors, selection.json written last).
+    `train_source(config)` gives the record of the FT run whose features DASA scores (pipeline.run_ft)."""
     folder = selection_folder(cfg)
     if not broadcast(cfg.reuse and (folder / "selection.json").exists()):
         started = time.time()
@@ -215,8 +226,8 @@ def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime)
         size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
         matched = None
         if cfg.augment == "length_matched":  # DASA's own selection first: its token counts are the target
-            matched = augmented_train(replace(cfg, augment="dasa"), split, parts, runtime)[1]
-        features, files, source = (pool_features(cfg, parts, pool, runtime) if cfg.augment == "dasa"
+            matched = augmented_train(replace(cfg, augment="dasa"), split, parts, runtime, train_source)[1]
+        features, files, source = (pool_features(cfg, parts, pool, runtime, train_source) if cfg.augment == "dasa"
                                    else (None, {}, None))
         if runtime.main:
             _select_and_save(cfg, parts, pool, size, features, source, folder, started, files, matched)

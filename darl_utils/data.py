@@ -5,8 +5,9 @@ Every loader returns a `Pairs`: one frame with the columns
     query, item, label (0 irrelevant, 1 weak, 2 strong), item_id, group (or None), row
 
 where `row` is the record of the source file the pair came from (the header is row 1; a quoted line break
-inside a field does not start a new row), so that any later error can point at it. Bad input raises `DataError` naming the file, the row and the problem; whatever a
-loader drops by design (exact duplicate pairs) is counted in `Pairs.dropped`.
+inside a field does not start a new row), so that any later error can point at it. Bad input raises `DataError`
+naming the file, the row and the problem; whatever a loader drops by design (exact duplicate pairs) is counted
+in `Pairs.dropped`.
 """
 from __future__ import annotations
 

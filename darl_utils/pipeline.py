@@ -24,7 +24,8 @@ from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
 from .cache import data_fingerprint, processes_tag
-from .config import RunConfig
+from .config import LPFT_ONLY, RunConfig
+from .dasa import augment_exclusions, augmented_train
 from .data import cache_dir, load_pairs
 from .features import cached_features, text_hash
 from .interpolation import choose_alpha, interpolate
@@ -88,7 +89,6 @@ def encode(df: pd.DataFrame, tokenizer, kind: str, max_length: int) -> Encoded:
 
 
 EVAL_PARTS = ("id_val", "id_test", "ood_test")
-LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lpft_head_lr", "alphas")  # settings plain FT ignores
 
 
 @dataclass
@@ -126,9 +126,8 @@ def prepare(cfg: RunConfig) -> Context:
     backbone, tokenizer, kind, where = load_backbone(cfg.backbone)  # first: a bad backbone fails fast
     split = prepare_split(cfg)
     parts, augmentation = sized_parts(split, cfg), None
-    if cfg.augment != "none":
-        from .dasa import augmented_train
-        parts["train"], augmentation = augmented_train(cfg, split, parts, runtime)
+    if cfg.augment != "none":  # DASA's source model is plain FT on train: run_ft trains or reuses it
+        parts["train"], augmentation = augmented_train(cfg, split, parts, runtime, train_source=run_ft)
     return Context(cfg, runtime, backbone, tokenizer, kind, where, split, parts, augmentation)
 
 
@@ -155,7 +154,6 @@ def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
 
 def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
     """Where a run's weights, predictions and result live in the cache (shared by every notebook)."""
-    from .dasa import augment_exclusions
     exclude = tuple(exclude) + augment_exclusions(cfg)
     slug = method.lower().replace("+", "-")
     key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(), exclude=exclude)
@@ -201,7 +199,8 @@ def environment() -> dict:
 
 def base_record(method: str, ctx: Context, folder: Path, started: float) -> dict:
     cfg, split = ctx.cfg, ctx.split
-    return {"method": method, "run_key": folder.name.rsplit("-", 1)[1], "config": asdict(cfg), "model": model_card(ctx.where, ctx.kind),
+    return {"method": method, "run_key": folder.name.rsplit("-", 1)[1], "config": asdict(cfg),
+            "model": model_card(ctx.where, ctx.kind),
             "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": str(split.directory),
             "held_out": split.held_out, "load_dropped": split.load_dropped,
             "leakage_dropped": split.leakage_dropped, "augmentation": ctx.augmentation, "world_size": ctx.runtime.world,
@@ -360,7 +359,8 @@ def publish(result: dict, lines: list[dict], cfg: RunConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = result["config"]
-    path = out_dir / f"{result['method'].lower().replace('+', '-')}-{c['protocol']}-seed{c['seed']}-{result['run_key']}.json"
+    slug = result["method"].lower().replace("+", "-")
+    path = out_dir / f"{slug}-{c['protocol']}-seed{c['seed']}-{result['run_key']}.json"
     text = json.dumps(result, indent=2)
     if path.exists() and path.read_text() == text:
         return result

@@ -189,10 +189,8 @@ def plot_alpha_sweep(sweep: pd.DataFrame, ft: pd.DataFrame | None = None):
 
 def load_predictions(record: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample probabilities and gold degrees of one evaluated model (an LPFT line: at its alpha)."""
-    from safetensors.numpy import load_file
-    prefix = f"alpha={record['alpha']:g}/" if record.get("alpha") is not None else ""
-    saved = load_file(record["predictions"])
-    return saved[f"{prefix}{part}/probs"], saved[f"{prefix}{part}/labels"]
+    from .verdicts import saved_predictions
+    return saved_predictions(record, part)
 
 
 def plot_entropy_by_degree(predictions: dict[str, tuple], part: str):
@@ -387,6 +385,18 @@ MAIN_COLUMNS = {"id_macro_f1": ("ID macro-F1", "max"), "ood_macro_f1": ("OOD mac
 DEGREE_COLUMNS = {f"{tag}_f1_{d}": (f"{tag.upper()} F1 {d}", "max") for tag in ("id", "ood") for d in DEGREES}
 
 
+def verdict_names(table: pd.DataFrame) -> pd.DataFrame:
+    """The main table with the names the verdicts read (reports.comparison's), not the names shown."""
+    return table.assign(model=table["model"].map({v: k for k, v in MAIN_MODELS.items()}))
+
+
+def main_table_html(table: pd.DataFrame) -> str:
+    """The main table (main_frame's rows) as HTML, with each model's macro-F1 minus FT's and its interval."""
+    from .verdicts import differences_to
+    differences = {MAIN_MODELS[m]: d for m, d in differences_to(verdict_names(table)).items()}
+    return bold_best_table(table, MAIN_COLUMNS, extra=differences)
+
+
 def main_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The main table's models, one row per (model, seed), named as shown. A model evaluated twice (LP inside
     two LPFT runs, a run taken from the cache by two notebooks) counts once."""
@@ -404,7 +414,8 @@ def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3, extra: 
     extra_heads = list(dict.fromkeys(h for cells in extra.values() for h in cells))
     order = [m for m in MAIN_MODELS.values() if m in set(table["model"])]
     grouped = table.groupby("model")
-    mean, sd, n = grouped[list(columns)].mean().loc[order], grouped[list(columns)].std(ddof=1).loc[order], grouped.size()
+    mean, sd = grouped[list(columns)].mean().loc[order], grouped[list(columns)].std(ddof=1).loc[order]
+    n = grouped.size()
     head = "".join(f"<th>{html.escape(h)}</th>" for h in [h for h, _ in columns.values()] + extra_heads)
     rows = []
     for model in order:
@@ -413,7 +424,8 @@ def bold_best_table(table: pd.DataFrame, columns: dict, digits: int = 3, extra: 
             values = mean[column]
             target = {"max": values.max(), "min": values.min(), "zero": values.abs().min()}[best]
             v = mean.loc[model, column]
-            text = "–" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(sd.loc[model, column]) else f" ± {sd.loc[model, column]:.{digits}f}")
+            spread = sd.loc[model, column]
+            text = "–" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(spread) else f" ± {spread:.{digits}f}")
             is_best = not pd.isna(v) and np.isclose(abs(v) if best == "zero" else v, target)
             cells.append(f"<td>{'<b>' + html.escape(text) + '</b>' if is_best else html.escape(text)}</td>")
         cells += [f"<td>{html.escape(extra.get(model, {}).get(h, '–'))}</td>" for h in extra_heads]

@@ -230,12 +230,14 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
         f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)
     pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
     rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td><td></td></tr>" for n in pending)
-    rows += f"<tr><th>all</th><td></td><th>{sum(s['seconds'] for s in statuses) / 60:.1f} min</th><td></td><td></td></tr>"
+    total = sum(s["seconds"] for s in statuses) / 60
+    rows += f"<tr><th>all</th><td></td><th>{total:.1f} min</th><td></td><td></td></tr>"
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in info["versions"].items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>darl-study: {e(profile)}</title>
 <style>body{{font-family:sans-serif;max-width:75em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}table.main td{{white-space:nowrap}}.failed{{color:#b00;font-weight:bold}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}table.main td{{white-space:nowrap}}
+.failed{{color:#b00;font-weight:bold}}
 .finished{{color:#070}}img{{max-width:100%}}</style></head><body>
 <h1>darl-study report: profile {e(profile)}</h1>
 <p>commit {e(info['commit'])} · {e(info['date'])} · {e(info['device'])} · Python {e(info['python'])}</p>
@@ -262,21 +264,18 @@ cannot tell the model from FT. The verdicts on each claim are on the notebook pa
 
 def main_table(out: Path) -> str:
     """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
-    from .reports import MAIN_COLUMNS, MAIN_MODELS, bold_best_table, main_frame, read_records, results_frame
+    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, read_records, results_frame
     path = out / "results" / "05_evaluation" / "results.jsonl"
     if not path.exists():
         return "<p>Notebook 05 has no results yet.</p>"
     table = main_frame(results_frame(read_records(path)))
     if not len(table):
         return "<p>Notebook 05 has no results yet.</p>"
-    from .verdicts import differences_to
-    named = table.assign(model=table["model"].map({v: k for k, v in MAIN_MODELS.items()}))
     try:
-        differences = {MAIN_MODELS[m]: d for m, d in differences_to(named).items()}
+        return main_table_html(table)
     except (OSError, ValueError) as e:  # predictions moved or from before the intervals: the table without them
-        differences = {}
         print(f"index: no differences to FT ({e})", flush=True)
-    return bold_best_table(table, MAIN_COLUMNS, extra=differences)
+        return bold_best_table(table, MAIN_COLUMNS)
 
 
 def alpha_sweep_figure(out: Path) -> str:

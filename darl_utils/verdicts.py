@@ -34,15 +34,21 @@ def _saved(path: str, stamp: tuple) -> dict:
     return load_file(path)  # stamp (mtime, size) is part of the cache key: a rewritten file is read again
 
 
-def predictions_of(record: dict, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pair probabilities, gold degrees and query codes of one evaluated model (an LPFT line: its alpha)."""
+def saved_predictions(record: dict, part: str, names: tuple = ("probs", "labels")) -> tuple[np.ndarray, ...]:
+    """Arrays of one evaluated model's saved predictions on `part` (an LPFT line: at its alpha)."""
     prefix = f"alpha={record['alpha']:g}/" if record.get("alpha") is not None else ""
     stat = os.stat(record["predictions"])
     saved = _saved(record["predictions"], (stat.st_mtime_ns, stat.st_size))
-    if f"{prefix}{part}/queries" not in saved:
-        raise ValueError(f"{record['method']}: its predictions ({record['predictions']}) carry no query codes; they "
-                         "predate the intervals: clear data/cache/runs and rerun")
-    return tuple(saved[f"{prefix}{part}/{name}"] for name in ("probs", "labels", "queries"))
+    return tuple(saved[f"{prefix}{part}/{name}"] for name in names)
+
+
+def predictions_of(record: dict, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pair probabilities, gold degrees and query codes of one evaluated model (an LPFT line: its alpha)."""
+    try:
+        return saved_predictions(record, part, ("probs", "labels", "queries"))
+    except KeyError:
+        raise ValueError(f"{record['method']}: its predictions ({record['predictions']}) carry no query codes; "
+                         "they predate the intervals: clear data/cache/runs and rerun") from None
 
 
 def seed_predictions(table: pd.DataFrame, a: str, b: str | None, part: str) -> list[SeedPredictions]:

@@ -38,3 +38,32 @@ def test_evaluate_logits_reports_ranking_only_with_queries():
     labels = np.array([2, 0, 1])
     assert "ranking" not in evaluate_logits(logits, labels)
     assert evaluate_logits(logits, labels, np.array(["q"] * 3))["ranking"]["ndcg@10"] == 1.0
+
+
+def _ndcg_loop(queries, probs, labels, k=10):
+    """The former per-query loop, kept as the reference for the vectorised version (ties: original order)."""
+    scores, gains = np.asarray(probs) @ GAINS, GAINS[np.asarray(labels)]
+    discount = 1 / np.log2(np.arange(2, k + 2))
+    values = []
+    for q in dict.fromkeys(queries):
+        at = np.flatnonzero(np.asarray(queries) == q)
+        if len(set(gains[at])) < 2:
+            continue
+        ranked = gains[at][np.argsort(-scores[at], kind="stable")][:k]
+        ideal = np.sort(gains[at])[::-1][:k]
+        values.append((ranked * discount[:len(ranked)]).sum() / (ideal * discount[:len(ideal)]).sum())
+    return float(np.mean(values)), len(values)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_ndcg_equals_the_loop_with_ties_and_long_queries(seed):
+    rng = np.random.default_rng(seed)
+    queries = rng.choice([f"q{i}" for i in range(60)], 900)  # interleaved, some with 20+ items (past k)
+    labels = rng.integers(0, 3, len(queries))
+    probs = np.eye(3)[rng.integers(0, 3, len(queries))]  # one-hot: many tied scores, broken by input order
+    got = ndcg_at_k(queries, probs, labels)
+    value, count = _ndcg_loop(queries, probs, labels)
+    assert got["queries"] == count > 50
+    assert got["ndcg@10"] == pytest.approx(value, rel=1e-12)
+    empty = ndcg_at_k([], np.zeros((0, 3)), np.zeros(0, int))
+    assert empty["queries"] == 0 and np.isnan(empty["ndcg@10"])

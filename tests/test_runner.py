@@ -111,6 +111,25 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     assert results == ["02_ood_detection", "03_lpft_alpha_sweep", "04_occ_calibration", "05_evaluation"]
 
 
+def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeypatch):
+    """benchmarks/study_budget.py mirrors the notebooks' job lists: its plan for the smoke profile names the very
+    run folders the smoke report left in the cache (an LPFT and an FT per seed, OCC variants, DASA and controls)."""
+    import runpy
+    folder, cache = smoke_report
+    monkeypatch.setenv("DARL_CACHE", str(cache))
+    budget = runpy.run_path(str(runner.NOTEBOOKS.parent / "benchmarks" / "study_budget.py"))
+    spec = runner.load_profile("smoke")[1]
+    spec["all"] = {**smoke_assets(folder / "assets"), **spec["all"]}
+    plan = budget["planned_runs"](budget["notebook_parameters"](spec))
+    planned = [budget["run_identity"](kind, cfg) for runs in plan.values() for kind, cfg in runs]
+    trained = sorted(p.name for p in (cache / "runs").iterdir() if not p.name.startswith("lp-"))
+    assert len(planned) == len(set(planned)) > 10
+    assert sorted(planned) == trained
+    rows = budget["budget"](budget["notebook_parameters"](spec))
+    assert [r["runs"] for r in rows] == [len(runs) for runs in plan.values()]
+    assert all(r["train_samples"] > 0 for r in rows if r["runs"])
+
+
 def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch, capsys):
     folder, cache = smoke_report
     monkeypatch.setenv("DARL_CACHE", str(cache))

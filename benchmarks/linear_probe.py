@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from darl_utils.pipeline import environment
+from darl_utils.cache import environment
 from darl_utils.training import ProbeSettings, train_probe
 
 

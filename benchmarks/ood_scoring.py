@@ -20,7 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from darl_utils.ood import KNN_SEARCHES, Mahalanobis, knn_distance
-from darl_utils.pipeline import environment
+from darl_utils.cache import environment
 
 
 def clustered(rng, n: int, width: int, centres: np.ndarray) -> np.ndarray:

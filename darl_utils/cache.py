@@ -12,6 +12,7 @@ import ast
 import functools
 import hashlib
 import os
+import platform
 from pathlib import Path
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
@@ -59,3 +60,13 @@ def processes_tag() -> str:
     N times the batch of one. Empty for one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return f"|processes={world}" if world > 1 else ""
+
+
+def environment() -> dict:
+    """What a reader needs to place a timing or a figure: the machine and the versions (kept in every record)."""
+    import torch
+    import transformers
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": gpu or f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "cuda": torch.version.cuda,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}

@@ -56,6 +56,7 @@ class RunConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     patience: int = 1               # stop after this many epochs without id_val gain (0 = never stop early)
+    length_buckets: int = 0         # batches of similar length from chunks of this many batches (0 = off)
     seed: int = 0                   # model initialisation and data order
     # LP and LPFT (docs/STUDY.md section 5): the head trained on cached features of the frozen backbone
     lp_epochs: int = 100            # LP: at most this many passes over the cached train features
@@ -132,7 +133,7 @@ class RunConfig:
             bad("protocol", f"is not one of {list(PROTOCOLS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "is not one of auto, cpu, cuda")
-        for name in ("max_train_pairs", "max_eval_pairs", "patience", "seed"):
+        for name in ("max_train_pairs", "max_eval_pairs", "patience", "seed", "length_buckets"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.split_seed < -1:
@@ -243,3 +244,17 @@ def type_matches(value, expected: type) -> bool:
 def _check_type(name: str, value, expected: type) -> None:
     if not type_matches(value, expected):
         raise ConfigError(f"{name}: {value!r} is a {type(value).__name__}, expected {expected.__name__}")
+
+
+AUGMENT_TAGS = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle",
+                "length_matched": "+length-matched"}
+
+
+def method_name(base: str, cfg: RunConfig) -> str:
+    """FT, LP or LPFT, with the loss of a stage that uses the OCC term: +OCC (reverse KL, OCC itself), +fKL (the
+    forward KL with the ordinal prior: OCC's control) or +LS (the forward KL with the uniform prior: label
+    smoothing); then the augmentation of train."""
+    stages = {"FT": ("ft", "both"), "LP": ("lp", "both"), "LPFT": ("lp", "ft", "both")}[base]
+    uses = cfg.occ_lambda > 0 and cfg.occ_stage in stages
+    loss = "+OCC" if cfg.occ_direction == "reverse" else "+fKL" if cfg.occ_prior == "ordinal" else "+LS"
+    return base + (loss if uses else "") + AUGMENT_TAGS[cfg.augment]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,8 +22,8 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
-from .cache import data_fingerprint, processes_tag
-from .config import LPFT_ONLY, RunConfig
+from .cache import data_fingerprint, environment, processes_tag
+from .config import LPFT_ONLY, RunConfig, method_name
 from .dasa import augment_exclusions, augmented_train
 from .data import cache_dir, load_pairs
 from .features import cached_features, text_hash
@@ -32,6 +31,7 @@ from .interpolation import choose_alpha, interpolate
 from .losses import make_loss
 from .metrics import evaluate_logits, softmax
 from .modeling import RelevanceModel, encode_pairs, load_backbone, model_card
+from .results import EVAL_PARTS, publish, stored_path
 from .splits import Split, make_split, subsample
 from .training import (Encoded, ProbeSettings, Runtime, broadcast, gather, parameter_checksum, predict_logits,
                        seed_everything, setup_runtime, train_model, train_probe)
@@ -88,9 +88,6 @@ def encode(df: pd.DataFrame, tokenizer, kind: str, max_length: int) -> Encoded:
     return Encoded(encode_pairs(tokenizer, df["query"], df["item"], kind, max_length), df["label"].to_numpy())
 
 
-EVAL_PARTS = ("id_val", "id_test", "ood_test")
-
-
 @dataclass
 class Context:
     """What every method needs once: the runtime, the backbone and its tokenizer, the split and its parts."""
@@ -129,20 +126,6 @@ def prepare(cfg: RunConfig) -> Context:
     if cfg.augment != "none":  # DASA's source model is plain FT on train: run_ft trains or reuses it
         parts["train"], augmentation = augmented_train(cfg, split, parts, runtime, train_source=run_ft)
     return Context(cfg, runtime, backbone, tokenizer, kind, where, split, parts, augmentation)
-
-
-def method_name(base: str, cfg: RunConfig) -> str:
-    """FT, LP or LPFT, with the loss of a stage that uses the OCC term: +OCC (reverse KL, OCC itself), +fKL (the
-    forward KL with the ordinal prior: OCC's control) or +LS (the forward KL with the uniform prior: label
-    smoothing); then the augmentation of train."""
-    stages = {"FT": ("ft", "both"), "LP": ("lp", "both"), "LPFT": ("lp", "ft", "both")}[base]
-    uses = cfg.occ_lambda > 0 and cfg.occ_stage in stages
-    loss = "+OCC" if cfg.occ_direction == "reverse" else "+fKL" if cfg.occ_prior == "ordinal" else "+LS"
-    return base + (loss if uses else "") + AUGMENT_TAGS[cfg.augment]
-
-
-AUGMENT_TAGS = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle",
-                "length_matched": "+length-matched"}
 
 
 def stage_loss(cfg: RunConfig, stage: str) -> torch.nn.Module:
@@ -188,25 +171,16 @@ def query_codes(queries: pd.Series) -> np.ndarray:
     return np.array([int(hashlib.sha1(q.encode()).hexdigest()[:15], 16) for q in queries], dtype=np.int64)
 
 
-def environment() -> dict:
-    """What a reader needs to place a timing or a figure: the machine and the versions."""
-    import transformers
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"device": gpu or f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "cuda": torch.version.cuda,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
-
-
 def base_record(method: str, ctx: Context, folder: Path, started: float) -> dict:
     cfg, split = ctx.cfg, ctx.split
     return {"method": method, "run_key": folder.name.rsplit("-", 1)[1], "config": asdict(cfg),
             "model": model_card(ctx.where, ctx.kind),
-            "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": str(split.directory),
+            "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": stored_path(split.directory),
             "held_out": split.held_out, "load_dropped": split.load_dropped,
             "leakage_dropped": split.leakage_dropped, "augmentation": ctx.augmentation, "world_size": ctx.runtime.world,
             "environment": environment(), "seconds": round(time.time() - started, 1),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(folder),
-            "predictions": str(folder / "predictions.safetensors")}
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": stored_path(folder),
+            "predictions": stored_path(folder / "predictions.safetensors")}
 
 
 def _finished(folder: Path, cfg: RunConfig):
@@ -223,7 +197,7 @@ def run_ft(cfg: RunConfig) -> dict:
     folder = run_folder(method, cfg, exclude=LPFT_ONLY)
     done = _finished(folder, cfg)
     if done:
-        return publish(done, [done], cfg)
+        return publish(done, cfg.out_dir)
     started = time.time()
     ctx = prepare(cfg)
     model = ctx.new_model()
@@ -239,7 +213,7 @@ def run_ft(cfg: RunConfig) -> dict:
         result = {**base_record(method, ctx, folder, started), "fit": fit, "param_checksums": checksums,
                   **evaluate(logits, ctx)}
         _store(result, folder)
-        publish(result, [result], cfg)
+        publish(result, cfg.out_dir)
     _barrier()
     return result
 
@@ -288,7 +262,7 @@ def run_lpft(cfg: RunConfig) -> dict:
     folder = run_folder(method, cfg, exclude=("alphas",))  # a new alpha list re-evaluates, never retrains
     done = _finished(folder, cfg)
     if done and done["config"]["alphas"] == cfg.alphas:
-        return publish(done, sweep_lines(done), cfg)
+        return publish(done, cfg.out_dir)
     started = time.time()
     ctx = prepare(cfg)
     model = ctx.new_model()
@@ -322,22 +296,9 @@ def run_lpft(cfg: RunConfig) -> dict:
         result = {**base_record(method, ctx, folder, started), "lp_fit": lp_fit, "fit": ft_fit,
                   "alpha_star": alpha_star, **{k: v for k, v in best.items() if k != "alpha"}, "sweep": sweep}
         _store(result, folder)
-        publish(result, sweep_lines(result), cfg)
+        publish(result, cfg.out_dir)
     _barrier()
     return result
-
-
-def sweep_lines(result: dict) -> list[dict]:
-    """One results.jsonl line per evaluated model: LP (alpha = 0) and LPFT at every swept alpha."""
-    common = {k: v for k, v in result.items() if k not in ("sweep", "lp_fit", "fit") + EVAL_PARTS}
-    lines, alphas = [], result["config"]["alphas"]
-    for s in result["sweep"]:
-        if s["alpha"] == 0:
-            lines.append({**common, "method": method_name("LP", RunConfig(**result["config"])), "alpha": 0.0,
-                          "selected": False, **s})
-        if s["alpha"] in alphas:
-            lines.append({**common, "alpha": s["alpha"], "selected": s["alpha"] == result["alpha_star"], **s})
-    return lines
 
 
 def _store(result: dict, folder: Path) -> None:
@@ -349,26 +310,6 @@ def _store(result: dict, folder: Path) -> None:
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # the process group itself is closed by the command line, once
-
-
-def publish(result: dict, lines: list[dict], cfg: RunConfig) -> dict:
-    """Write the run's JSON into cfg.out_dir and its evaluation lines into results.jsonl (once per run:
-    taking a finished run from the cache into the same folder again adds nothing)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return result
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    c = result["config"]
-    slug = result["method"].lower().replace("+", "-")
-    path = out_dir / f"{slug}-{c['protocol']}-seed{c['seed']}-{result['run_key']}.json"
-    text = json.dumps(result, indent=2)
-    if path.exists() and path.read_text() == text:
-        return result
-    path.write_text(text)
-    with open(out_dir / "results.jsonl", "a") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
-    return result
 
 
 def summary_line(result: dict) -> str:

@@ -1,7 +1,6 @@
 """Tables and figures the notebooks show, made from splits and from result files (JSON lines)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,19 +9,8 @@ import pandas as pd
 import seaborn as sns
 
 from .data import DEGREES
+from .results import read_records
 from .splits import PARTS, PROTOCOLS, SplitConfig, make_split
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The result lines, a later line of the same evaluation (run, method, alpha) replacing an earlier one."""
-    latest = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            # older lines carry no run_key: the settings themselves identify the run
-            run = r.get("run_key") or json.dumps([r["method"], r["config"]], sort_keys=True)
-            latest[(run, r["method"], r.get("alpha"))] = r
-    return list(latest.values())
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -187,12 +175,6 @@ def plot_alpha_sweep(sweep: pd.DataFrame, ft: pd.DataFrame | None = None):
     return fig
 
 
-def load_predictions(record: dict, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample probabilities and gold degrees of one evaluated model (an LPFT line: at its alpha)."""
-    from .verdicts import saved_predictions
-    return saved_predictions(record, part)
-
-
 def plot_entropy_by_degree(predictions: dict[str, tuple], part: str):
     """Histograms of predictive entropy, one panel per true degree, one line per method."""
     from .metrics import entropy
@@ -241,12 +223,6 @@ def plot_rho_sweep(table: pd.DataFrame):
         ax.legend(fontsize=8)
     plt.tight_layout()
     return fig
-
-
-def lines_of(results: list[dict]) -> list[dict]:
-    """The evaluation lines of run records: an LPFT run gives LP and one line per alpha, others themselves."""
-    from .pipeline import sweep_lines
-    return [line for r in results for line in (sweep_lines(r) if "sweep" in r else [r])]
 
 
 def comparison(frame: pd.DataFrame) -> pd.DataFrame:

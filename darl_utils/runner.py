@@ -198,7 +198,7 @@ def provenance() -> dict:
     """Commit, date, hardware and package versions, for the index."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .pipeline import environment
+    from .cache import environment
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=NOTEBOOKS.parent, capture_output=True, text=True,  # noqa: E731
                                         timeout=10).stdout.strip()
@@ -264,7 +264,8 @@ cannot tell the model from FT. The verdicts on each claim are on the notebook pa
 
 def main_table(out: Path) -> str:
     """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
-    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, read_records, results_frame
+    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, results_frame
+    from .results import read_records
     path = out / "results" / "05_evaluation" / "results.jsonl"
     if not path.exists():
         return "<p>Notebook 05 has no results yet.</p>"
@@ -285,8 +286,9 @@ def alpha_sweep_figure(out: Path) -> str:
     import matplotlib.pyplot as plt
 
     from .reports import plot_alpha_sweep, results_frame, sweep_frame
+    from .results import run_records
     for notebook in ("03_lpft_alpha_sweep", "05_evaluation"):
-        runs = [json.loads(p.read_text()) for p in sorted((out / "results" / notebook).glob("*.json"))]
+        runs = run_records(out / "results" / notebook)
         lpft = [r for r in runs if r.get("method") == "LPFT" and "sweep" in r]
         if lpft:
             break
@@ -305,8 +307,9 @@ def results_table(out: Path) -> str:
     """Every evaluated model of the run's notebooks: ID and OOD macro-F1, gap and ECE, as escaped HTML."""
     import pandas as pd
 
-    from .reports import comparison, mean_sd, read_records, results_frame
-    records = [r for path in sorted((out / "results").glob("*/results.jsonl")) for r in read_records(path)]
+    from .reports import comparison, mean_sd, results_frame
+    from .results import report_records
+    records = report_records(out)
     if not records:
         return "<p>No results yet.</p>"
     frame = comparison(results_frame(records))

@@ -3,22 +3,19 @@ models on the same test pairs with a 95 % paired-bootstrap interval over test qu
 
 A claim "holds" only when the interval lies on the claimed side of zero, "does not hold" when it lies on the other
 side, and is "not distinguishable" when it contains zero. The tables these functions read name models as
-`reports.comparison` does: FT, LP, FT+OCC, FT+fKL, FT+LS, FT+DASA, FT+random, FT+length-matched, FT+oracle,
+`tables.comparison` does: FT, LP, FT+OCC, FT+fKL, FT+LS, FT+DASA, FT+random, FT+length-matched, FT+oracle,
 LPFT (alpha*), LPFT (0.6), LPFT+OCC+DASA (alpha*) (DaRL) and its ablations; one row per model and seed, with the
 result line in `record`.
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file
 
 from .data import DEGREES
 from .intervals import (Difference, SeedPredictions, model_interval, paired_difference, paired_mean_difference,
                         verdict_word)
+from .results import predictions_of
 
 RESAMPLES = 1000  # bootstrap resamples per comparison
 BOOTSTRAP_SEED = 0  # the same table gives the same intervals
@@ -27,28 +24,6 @@ DARL = "LPFT+OCC+DASA (alpha*)"
 ABLATIONS = {"DASA": "LPFT+OCC (alpha*)", "LPFT": "FT+OCC+DASA", "OCC": "LPFT+DASA (alpha*)"}  # DaRL without it
 BASELINES = ("FT", "LP", "FT+LS")  # claim 5's baselines: no part of DaRL
 OCC_CONTROLS = ("FT+fKL", "FT+LS")  # the forward KL with OCC's prior (one difference), then label smoothing
-
-
-@functools.lru_cache(maxsize=256)
-def _saved(path: str, stamp: tuple) -> dict:
-    return load_file(path)  # stamp (mtime, size) is part of the cache key: a rewritten file is read again
-
-
-def saved_predictions(record: dict, part: str, names: tuple = ("probs", "labels")) -> tuple[np.ndarray, ...]:
-    """Arrays of one evaluated model's saved predictions on `part` (an LPFT line: at its alpha)."""
-    prefix = f"alpha={record['alpha']:g}/" if record.get("alpha") is not None else ""
-    stat = os.stat(record["predictions"])
-    saved = _saved(record["predictions"], (stat.st_mtime_ns, stat.st_size))
-    return tuple(saved[f"{prefix}{part}/{name}"] for name in names)
-
-
-def predictions_of(record: dict, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pair probabilities, gold degrees and query codes of one evaluated model (an LPFT line: its alpha)."""
-    try:
-        return saved_predictions(record, part, ("probs", "labels", "queries"))
-    except KeyError:
-        raise ValueError(f"{record['method']}: its predictions ({record['predictions']}) carry no query codes; "
-                         "they predate the intervals: clear data/cache/runs and rerun") from None
 
 
 def seed_predictions(table: pd.DataFrame, a: str, b: str | None, part: str) -> list[SeedPredictions]:

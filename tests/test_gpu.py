@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from darl_utils import pipeline
+from darl_utils.results import cached_path
 from test_training import ROOT, tiny_config
 
 pytestmark = [pytest.mark.gpu,
@@ -27,7 +28,7 @@ def test_bf16_training_on_the_gpu_agrees_with_the_cpu(pairs_csv, tiny_encoder, t
     cpu = pipeline.run_ft(cfg)
     gpu = pipeline.run_ft(replace(cfg, device="cuda"))
     assert gpu["environment"]["device"] != cpu["environment"]["device"]
-    a, b = load_file(cpu["predictions"]), load_file(gpu["predictions"])
+    a, b = load_file(cached_path(cpu["predictions"])), load_file(cached_path(gpu["predictions"]))
     same = (a["id_test/probs"].argmax(1) == b["id_test/probs"].argmax(1)).mean()
     assert same >= AGREEMENT, same
     assert abs(gpu["id_test"]["macro_f1"] - cpu["id_test"]["macro_f1"]) < 0.1

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from darl_utils import features as features_module
-from darl_utils import pipeline
+from darl_utils import pipeline, results
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.interpolation import InterpolationError, choose_alpha, interpolate
 from darl_utils.losses import OCCLoss, label_smoothing_equivalent, make_loss, prior_matrix
@@ -226,7 +226,7 @@ def test_ft_with_occ_and_label_smoothing_are_named_and_less_confident(pairs_csv,
     assert occ["id_test"]["confidence"]["entropy"] > ft["id_test"]["confidence"]["entropy"]
     assert occ["id_test"]["confidence"]["confidence"] < ft["id_test"]["confidence"]["confidence"]
     from safetensors.numpy import load_file
-    saved = load_file(occ["predictions"])
+    saved = load_file(results.cached_path(occ["predictions"]))
     assert saved["id_test/probs"].shape == (occ["sizes"]["id_test"], 3)
     assert np.allclose(saved["id_test/probs"].sum(1), 1, atol=1e-5)
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_model
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.modeling import RelevanceModel, load_backbone
+from darl_utils.results import cached_path
 from darl_utils.pipeline import LPFT_ONLY, encode, prepare_split, run_folder, run_ft, sized_parts
 from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
 
@@ -56,7 +57,7 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     # the safetensors checkpoint gives back the same predictions
     backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
     model = RelevanceModel(backbone, kind)
-    load_model(model, str(Path(result["checkpoint"]) / "model.safetensors"))
+    load_model(model, str(cached_path(result["checkpoint"]) / "model.safetensors"))
     parts = sized_parts(prepare_split(cfg), cfg)
     data = encode(parts["id_test"], tokenizer, kind, cfg.max_length)
     pred = predict_logits(model, data, tokenizer, 64, Runtime()).argmax(1)

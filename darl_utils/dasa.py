@@ -34,6 +34,7 @@ from .data import DEGREES, cache_dir
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
 from .representations import (QUERY_SIDE, REPRESENTATIONS, cached_representations, length_correlation,
                               length_stratified_auroc, representation_path)
+from .results import cached_path, stored_path
 from .splits import Split, subsample
 from .training import Runtime, broadcast
 
@@ -177,15 +178,17 @@ def pool_features(cfg: RunConfig, parts: dict, pool: Pool, runtime: Runtime,
 
     from .modeling import RelevanceModel, load_backbone
     source = broadcast(train_source(source_config(cfg)))
-    checkpoint = Path(source["checkpoint"]) / "model.safetensors"
+    checkpoint = cached_path(source["checkpoint"]) / "model.safetensors"
     backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
     model = RelevanceModel(backbone, kind, cfg.dropout).to(runtime.device)
     load_model(model, str(checkpoint), device=str(runtime.device))
-    model_id = f"run|{checkpoint}|{checkpoint.stat().st_mtime_ns}"  # a retrained checkpoint is a new model
+    # relative to the cache and stamped by the run record (not the file mtime): a copied cache keeps its
+    # entries, a retrained checkpoint is a new model
+    model_id = f"run|{source['checkpoint']}|{source['finished']}"
     frames = {**{p: parts[p] for p in ("train", "id_val", "id_test", "ood_test")}, "pool": pool.frame}
     features, files = {}, {}
     for p, frame in frames.items():
-        files[p] = str(representation_path(model_id, frame, cfg.max_length, runtime.precision))
+        files[p] = stored_path(representation_path(model_id, frame, cfg.max_length, runtime.precision))
         features[p] = cached_representations(model, model_id, frame, tokenizer, cfg.max_length,
                                              cfg.eval_batch_size, runtime, cfg.progress and runtime.main)
     return features, files, source
@@ -306,7 +309,7 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
               "added_degrees": {d: int((labels == i).sum()) for i, d in enumerate(DEGREES)},
               "detectors": detectors, "representations": table, "lengths": lengths,
               "source_run": source and source["checkpoint"], "features": files,
-              "folder": str(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
+              "folder": stored_path(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
               "settings": {k: getattr(cfg, k) for k in DASA_FIELDS}}
     partial = folder / "selection.json.tmp"
     partial.write_text(json.dumps(record, indent=2))
@@ -315,7 +318,7 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
 
 def load_scores(record: dict) -> dict[str, dict[str, np.ndarray]]:
     """The stored scores of a dasa selection: {part: {score name: values}}, plus pool is_ood and selected."""
-    flat = load_file(str(Path(record["folder"]) / "scores.safetensors"))
+    flat = load_file(str(cached_path(record["folder"]) / "scores.safetensors"))
     out: dict = {}
     for name, values in flat.items():
         part, score = name.split("/", 1)
@@ -325,7 +328,7 @@ def load_scores(record: dict) -> dict[str, dict[str, np.ndarray]]:
 
 def selected_pairs(record: dict, top: int = 20) -> pd.DataFrame:
     """The added pairs with the highest scores (dasa) or the first added (controls), for a table."""
-    train = read_train(Path(record["folder"]))
+    train = read_train(cached_path(record["folder"]))
     added = train[train["source"] != "train"].copy()
     added["label"] = [DEGREES[i] for i in added["label"]]
     if "score" in added:
@@ -370,7 +373,7 @@ def umap_embedding(record: dict, per_group: int = 1000, seed: int = 0) -> pd.Dat
     pool_ood (not selected), the selected pool pairs and ood_test, at most `per_group` points each (drawn with
     `seed`). Cached beside the selection. Where umap-learn cannot be imported, the points and their groups are
     saved there instead (umap-inputs-PER_GROUP-SEED.safetensors) and UmapUnavailable says so."""
-    folder = Path(record["folder"])
+    folder = cached_path(record["folder"])
     path = folder / f"umap-{per_group}-{seed}.safetensors"
     if not path.exists():
         points, codes = umap_points(record, per_group, seed)
@@ -391,7 +394,7 @@ def umap_points(record: dict, per_group: int, seed: int) -> tuple[np.ndarray, np
     """The down-sampled features of every group of the map and each point's group code (index in UMAP_GROUPS)."""
     scores = load_scores(record)
     name = record["settings"]["dasa_features"]
-    read = lambda part: load_file(record["features"][part])[name]  # noqa: E731
+    read = lambda part: load_file(str(cached_path(record["features"][part])))[name]  # noqa: E731
     pool = read("pool")
     selected, is_ood = scores["pool"]["selected"] == 1, scores["pool"]["is_ood"] == 1
     groups = {"train": read("train"), "pool_id": pool[~is_ood & ~selected], "pool_ood": pool[is_ood & ~selected],

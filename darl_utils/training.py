@@ -139,7 +139,31 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     patience: int = 1
     seed: int = 0
+    length_buckets: int = 0
     progress: bool = True
+
+
+class LengthBucketSampler(DistributedSampler):
+    """This process's shard in shuffled order, then re-ordered so that each batch holds pairs of similar length
+    (less padding): chunks of `buckets` batches are sorted by length, cut into batches, and the batches shuffled.
+    buckets = 0 keeps the plain shuffled order."""
+
+    def __init__(self, data, lengths, batch_size: int, buckets: int, world: int, rank: int, seed: int):
+        super().__init__(data, world, rank, shuffle=True, seed=seed)
+        self.lengths, self.batch_size, self.buckets = np.asarray(lengths), batch_size, buckets
+
+    def __iter__(self):
+        order = np.fromiter(super().__iter__(), dtype=np.int64)
+        if not self.buckets:
+            return iter(order.tolist())
+        chunk = self.batch_size * self.buckets
+        rng = np.random.default_rng((self.seed, self.epoch))
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        return iter(np.concatenate([batches[i] for i in rng.permutation(len(batches))]).tolist())
 
 
 def parameter_groups(model, settings: "TrainSettings") -> list[dict]:
@@ -194,7 +218,9 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     if runtime.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    sampler = DistributedSampler(train, runtime.world, runtime.rank, shuffle=True, seed=settings.seed)
+    lengths = [len(f["input_ids"]) for f in train.features]
+    sampler = LengthBucketSampler(train, lengths, settings.batch_size, settings.length_buckets, runtime.world,
+                                  runtime.rank, settings.seed)
     loader = DataLoader(train, batch_size=settings.batch_size, sampler=sampler, collate_fn=Collator(tokenizer),
                         pin_memory=runtime.device.type == "cuda")
     params = [p for p in model.parameters() if p.requires_grad]

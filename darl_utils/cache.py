@@ -9,11 +9,15 @@ the notebooks, the runner or the report rendering: rewording them keeps every ca
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
+import fcntl
 import functools
 import hashlib
 import os
 import platform
 from pathlib import Path
+from typing import Callable
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
@@ -70,3 +74,57 @@ def environment() -> dict:
     return {"device": gpu or f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "cuda": torch.version.cuda,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
+
+
+@contextlib.contextmanager
+def entry_lock(folder: Path):
+    """One writer per cache entry: a second process that wants the same run, probe or selection waits here until
+    the first one is done, then finds its result instead of training again. The lock is the kernel's (flock),
+    so a killed holder never leaves it behind. Under torchrun the job is one writer and takes no lock: its
+    ranks must not wait on one another outside their collectives."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    locks = Path(folder).parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{Path(folder).name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish {Path(folder).name}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class CacheWriteError(OSError):
+    """A cache file could not be written (the disk is full, say); the message names it and the cache."""
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """write(temporary name), then rename onto path: a reader (or a rerun after a kill) sees the whole file or
+    none of it. A failed write (a full disk) removes its partial file and raises one clear error."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(str(partial))
+        os.replace(partial, path)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise CacheWriteError(e.errno, f"cannot write {path.name} into the cache ({why}); free space under "
+                                       f"{path.parent.parent} or point DARL_CACHE elsewhere, then rerun: "
+                                       "finished runs are kept") from None
+
+
+def weights_tag(backbone: str) -> str:
+    """Part of a trained model's cache key when DARL_MINILM stands in for the built-in MiniLM (the GPU bundle's
+    float16 copy): other weights than the package's, so runs on them must not share keys with runs on those."""
+    from .modeling import ALIASES
+    folder = os.environ.get("DARL_MINILM")
+    if not folder or ALIASES.get(backbone.lower(), backbone.lower()) != "minilm":
+        return ""
+    weights = Path(folder) / "model.safetensors"
+    return f"|minilm-weights={weights.stat().st_size if weights.exists() else 'none'}"

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .cache import data_fingerprint, processes_tag
+from .cache import atomic_write, data_fingerprint, entry_lock, processes_tag, weights_tag
 from .config import LPFT_ONLY, ConfigError, RunConfig
 from .data import DEGREES, cache_dir
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
@@ -157,7 +157,8 @@ def score_features(train_x: np.ndarray, train_y: np.ndarray, features: dict[str,
 
 
 def selection_folder(cfg: RunConfig) -> Path:
-    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(),  # its source FT differs per count
+    # its source FT differs per process count and per MiniLM copy
+    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag() + weights_tag(cfg.backbone),
                   exclude=LPFT_ONLY + OCC_FIELDS + augment_exclusions(cfg))
     return cache_dir() / "augment" / f"{cfg.augment}-{key}"
 
@@ -223,21 +224,26 @@ def augmented_train(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime,
     was added. Saved under the cache (train.csv.gz, scores.safetensors, selection.json written last).
     `train_source(config)` gives the record of the FT run whose features DASA scores (pipeline.run_ft)."""
     folder = selection_folder(cfg)
-    if not broadcast(cfg.reuse and (folder / "selection.json").exists()):
-        started = time.time()
-        pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_salt)
-        size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
-        matched = None
-        if cfg.augment == "length_matched":  # DASA's own selection first: its token counts are the target
-            matched = augmented_train(replace(cfg, augment="dasa"), split, parts, runtime, train_source)[1]
-        features, files, source = (pool_features(cfg, parts, pool, runtime, train_source) if cfg.augment == "dasa"
-                                   else (None, {}, None))
-        if runtime.main:
-            _select_and_save(cfg, parts, pool, size, features, source, folder, started, files, matched)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+    with entry_lock(folder):  # a second process waits, then reads the first one's selection
+        if not broadcast(cfg.reuse and (folder / "selection.json").exists()):
+            _select(cfg, split, parts, runtime, train_source, folder)
     record = json.loads((folder / "selection.json").read_text())
     return read_train(folder), record
+
+
+def _select(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime, train_source, folder: Path) -> None:
+    started = time.time()
+    pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_salt)
+    size = budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))  # before any training
+    matched = None
+    if cfg.augment == "length_matched":  # DASA's own selection first: its token counts are the target
+        matched = augmented_train(replace(cfg, augment="dasa"), split, parts, runtime, train_source)[1]
+    features, files, source = (pool_features(cfg, parts, pool, runtime, train_source) if cfg.augment == "dasa"
+                               else (None, {}, None))
+    if runtime.main:
+        _select_and_save(cfg, parts, pool, size, features, source, folder, started, files, matched)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def read_train(folder: Path) -> pd.DataFrame:
@@ -295,13 +301,13 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
         added = added.assign(score=scores["pool"]["combined"][rows])
     train = pd.concat([train_rows, added], ignore_index=True)
     folder.mkdir(parents=True, exist_ok=True)
-    train.to_csv(folder / "train.csv.gz", index=False)
+    atomic_write(folder / "train.csv.gz", lambda name: train.to_csv(name, index=False, compression="gzip"))
     if scores is not None:
         tensors = {f"{p}/{name}": np.asarray(v, dtype=np.float64) for p, d in scores.items() for name, v in d.items()
                    if name != "tokens"}
-        save_file({**tensors, "pool/is_ood": pool.is_ood.astype(np.int64), "pool/tokens": scores["pool"]["tokens"],
-                   "pool/selected": np.isin(np.arange(len(pool.frame)), rows).astype(np.int64)},
-                  str(folder / "scores.safetensors"))
+        tensors.update({"pool/is_ood": pool.is_ood.astype(np.int64), "pool/tokens": scores["pool"]["tokens"],
+                        "pool/selected": np.isin(np.arange(len(pool.frame)), rows).astype(np.int64)})
+        atomic_write(folder / "scores.safetensors", lambda name: save_file(tensors, name))
     record = {"augment": cfg.augment, "budget": size, "added": len(rows), "revealed": pool.annotator.revealed,
               "train_before": len(parts["train"]), "train_after": len(train),
               "pool_sizes": {"pool_id": int((~pool.is_ood).sum()), "pool_ood": int(pool.is_ood.sum())},
@@ -311,9 +317,8 @@ def _select_and_save(cfg, parts, pool: Pool, size: int, features, source, folder
               "source_run": source and source["checkpoint"], "features": files,
               "folder": stored_path(folder), "seconds": {**seconds, "total": round(time.time() - started, 1)},
               "settings": {k: getattr(cfg, k) for k in DASA_FIELDS}}
-    partial = folder / "selection.json.tmp"
-    partial.write_text(json.dumps(record, indent=2))
-    partial.replace(folder / "selection.json")  # last and atomic: its presence means the selection is complete
+    # last and atomic: its presence means the selection is complete
+    atomic_write(folder / "selection.json", lambda name: Path(name).write_text(json.dumps(record, indent=2)))
 
 
 def load_scores(record: dict) -> dict[str, dict[str, np.ndarray]]:

@@ -22,7 +22,7 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
 
-from .cache import data_fingerprint, environment, processes_tag
+from .cache import atomic_write, data_fingerprint, entry_lock, environment, processes_tag, weights_tag
 from .config import LPFT_ONLY, RunConfig, method_name
 from .dasa import augment_exclusions, augmented_train
 from .data import cache_dir, load_pairs
@@ -139,7 +139,8 @@ def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
     """Where a run's weights, predictions and result live in the cache (shared by every notebook)."""
     exclude = tuple(exclude) + augment_exclusions(cfg)
     slug = method.lower().replace("+", "-")
-    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag(), exclude=exclude)
+    key = cfg.key(extra=data_fingerprint(cfg.data_path()) + processes_tag() + weights_tag(cfg.backbone),
+                  exclude=exclude)
     return cache_dir() / "runs" / f"{slug}-{key}"
 
 
@@ -195,9 +196,12 @@ def run_ft(cfg: RunConfig) -> dict:
     cfg.validate()
     method = method_name("FT", cfg)
     folder = run_folder(method, cfg, exclude=LPFT_ONLY)
-    done = _finished(folder, cfg)
-    if done:
-        return publish(done, cfg.out_dir)
+    with entry_lock(folder):
+        done = _finished(folder, cfg)  # also after a wait: another process may have trained it meanwhile
+        return publish(done, cfg.out_dir) if done else _train_ft(cfg, method, folder)
+
+
+def _train_ft(cfg: RunConfig, method: str, folder: Path) -> dict:
     started = time.time()
     ctx = prepare(cfg)
     model = ctx.new_model()
@@ -208,8 +212,8 @@ def run_ft(cfg: RunConfig) -> dict:
     if ctx.runtime.main:
         logits = predict_parts(model, ctx)
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(getattr(model, "module", model), str(folder / "model.safetensors"))
-        save_file(prediction_tensors(logits, ctx), str(folder / "predictions.safetensors"))
+        atomic_write(folder / "model.safetensors", lambda name: save_model(getattr(model, "module", model), name))
+        atomic_write(folder / "predictions.safetensors", lambda name: save_file(prediction_tensors(logits, ctx), name))
         result = {**base_record(method, ctx, folder, started), "fit": fit, "param_checksums": checksums,
                   **evaluate(logits, ctx)}
         _store(result, folder)
@@ -227,9 +231,20 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
         "dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed", "max_train_pairs",
         "max_eval_pairs", "backbone", "max_length", "dropout", "weight_decay", "seed", "lp_epochs", "lp_lr",
         "lp_batch_size", "lp_patience", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"
+        + weights_tag(cfg.backbone)
         + (f"|{ctx.augmentation['folder']}" if ctx.augmentation else "")))
-    fit = None
     model.to(ctx.runtime.device)
+    with entry_lock(folder):
+        fit = _probe(model, ctx, folder, lp_loss)
+    head = broadcast({k: v.cpu() for k, v in model.head.state_dict().items()} if ctx.runtime.main else None)
+    model.head.load_state_dict(head)
+    model.to(ctx.runtime.device)  # train_probe leaves the head on the CPU; the alpha sweep feeds it device features
+    return broadcast(fit)
+
+
+def _probe(model: RelevanceModel, ctx: Context, folder: Path, lp_loss) -> dict | None:
+    """The probed head from the cache, or trained on the frozen backbone's features and saved (process 0)."""
+    cfg, fit = ctx.cfg, None
     if broadcast(cfg.reuse and (folder / "head.safetensors").exists()):
         model.head.load_state_dict(load_torch(str(folder / "head.safetensors")))
         fit = json.loads((folder / "fit.json").read_text())
@@ -245,12 +260,9 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
                               ctx.encoded("id_val").labels, settings, lp_loss, ctx.runtime.device)
             fit["features_seconds"] = round(time.perf_counter() - extraction - fit["seconds"], 2)  # 0 when cached
             folder.mkdir(parents=True, exist_ok=True)
-            save_torch(model.head.state_dict(), str(folder / "head.safetensors"))
-            (folder / "fit.json").write_text(json.dumps(fit))
-    head = broadcast({k: v.cpu() for k, v in model.head.state_dict().items()} if ctx.runtime.main else None)
-    model.head.load_state_dict(head)
-    model.to(ctx.runtime.device)  # train_probe leaves the head on the CPU; the alpha sweep feeds it device features
-    return broadcast(fit)
+            atomic_write(folder / "fit.json", lambda name: Path(name).write_text(json.dumps(fit)))
+            atomic_write(folder / "head.safetensors", lambda name: save_torch(model.head.state_dict(), name))
+    return fit
 
 
 def run_lpft(cfg: RunConfig) -> dict:
@@ -260,9 +272,14 @@ def run_lpft(cfg: RunConfig) -> dict:
     cfg.validate()
     method = method_name("LPFT", cfg)
     folder = run_folder(method, cfg, exclude=("alphas",))  # a new alpha list re-evaluates, never retrains
-    done = _finished(folder, cfg)
-    if done and done["config"]["alphas"] == cfg.alphas:
-        return publish(done, cfg.out_dir)
+    with entry_lock(folder):
+        done = _finished(folder, cfg)
+        if done and done["config"]["alphas"] == cfg.alphas:
+            return publish(done, cfg.out_dir)
+        return _train_lpft(cfg, method, folder)
+
+
+def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
     started = time.time()
     ctx = prepare(cfg)
     model = ctx.new_model()
@@ -278,10 +295,10 @@ def run_lpft(cfg: RunConfig) -> dict:
         ft_fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings,
                              ctx.runtime, loss_fn=stage_loss(cfg, "ft"))
         theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if ctx.runtime.main:
+        if ctx.runtime.main:  # the weights last: their presence means the FT stage is complete
             folder.mkdir(parents=True, exist_ok=True)
-            save_torch(theta_ft, str(folder / "model.safetensors"))
-            (folder / "ft_fit.json").write_text(json.dumps(ft_fit))
+            atomic_write(folder / "ft_fit.json", lambda name: Path(name).write_text(json.dumps(ft_fit)))
+            atomic_write(folder / "model.safetensors", lambda name: save_torch(theta_ft, name))
     result = None
     if ctx.runtime.main:
         sweep, tensors = [], {}
@@ -290,7 +307,7 @@ def run_lpft(cfg: RunConfig) -> dict:
             logits = predict_parts(model, ctx)
             tensors.update(prediction_tensors(logits, ctx, prefix=f"alpha={alpha:g}/"))
             sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
-        save_file(tensors, str(folder / "predictions.safetensors"))
+        atomic_write(folder / "predictions.safetensors", lambda name: save_file(tensors, name))
         alpha_star = choose_alpha([s for s in sweep if s["alpha"] in cfg.alphas])
         best = next(s for s in sweep if s["alpha"] == alpha_star)
         result = {**base_record(method, ctx, folder, started), "lp_fit": lp_fit, "fit": ft_fit,
@@ -302,9 +319,8 @@ def run_lpft(cfg: RunConfig) -> dict:
 
 
 def _store(result: dict, folder: Path) -> None:
-    partial = folder / "result.json.tmp"
-    partial.write_text(json.dumps(result, indent=2))
-    partial.replace(folder / "result.json")  # written last and at once: its presence means the run finished
+    # written last and at once: its presence means the run finished
+    atomic_write(folder / "result.json", lambda name: Path(name).write_text(json.dumps(result, indent=2)))
 
 
 def _barrier() -> None:

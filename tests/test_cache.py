@@ -77,3 +77,19 @@ def test_the_split_follows_the_seed_unless_pinned(pairs_csv):
     assert replace(cfg, seed=3, split_seed=1).split_salt == 1
     # -1 and the seed it stands for are the same split, so they share one cache key
     assert replace(cfg, seed=2).key("split_seed") == replace(cfg, seed=2, split_seed=2).key("split_seed")
+
+
+def test_a_minilm_stand_in_gets_its_own_run_keys(tmp_path, monkeypatch, pairs_csv):
+    """DARL_MINILM (the GPU bundle's float16 copy) is other weights than the package's MiniLM: its runs, probes
+    and selections must not be found under the package's keys, and other backbones are unaffected."""
+    from darl_utils.cache import weights_tag
+    from darl_utils.pipeline import run_folder
+    cfg = RunConfig(dataset="csv", data=str(pairs_csv), backbone="minilm")
+    before = run_folder("FT", cfg)
+    copy = tmp_path / "minilm"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes(b"\0" * 10)
+    monkeypatch.setenv("DARL_MINILM", str(copy))
+    assert weights_tag("minilm") == weights_tag("all-MiniLM-L6-v2") == "|minilm-weights=10"
+    assert run_folder("FT", cfg) != before
+    assert weights_tag(str(tmp_path / "other-model")) == ""

@@ -4,9 +4,10 @@ One module a concept: data (loaders, degrees), splits (ID/OOD protocols), modeli
 training (the loop, the linear probe), features (cached features), representations (DASA's candidate features,
 length-stratified detector quality), losses (OCC), interpolation (LPFT weights), ood (DASA's scores), dasa (the
 unlabelled pool, its selection, the augmented train), metrics (classification, confidence), intervals (paired
-bootstrap over test queries), verdicts (the five claims), cache (code and data fingerprints in cache keys),
-config (RunConfig), pipeline (FT and LPFT runs, from config to result files), reports (tables, figures),
-notebooks (papermill with parameter checks). Command line: `python -m darl_utils --help`.
+bootstrap over test queries), verdicts (the five claims), cache (fingerprints in cache keys, locks, atomic
+writes), config (RunConfig, method names), pipeline (FT and LPFT runs, from config to result files), results
+(the one reader and writer of result files), tables, figures, notebooks (papermill with parameter checks),
+runner (a profile's notebooks into HTML pages and an index). Command line: `python -m darl_utils --help`.
 """
 import warnings
 

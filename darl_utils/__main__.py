@@ -136,7 +136,7 @@ def draw_umaps(path: str, out: str | None) -> int:
     import matplotlib.pyplot as plt
 
     from .dasa import umap_from_inputs
-    from .reports import plot_umap
+    from .figures import plot_umap
     for found in inputs:
         try:
             fig = plot_umap(umap_from_inputs(found))

@@ -264,7 +264,7 @@ cannot tell the model from FT. The verdicts on each claim are on the notebook pa
 
 def main_table(out: Path) -> str:
     """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
-    from .reports import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, results_frame
+    from .tables import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, results_frame
     from .results import read_records
     path = out / "results" / "05_evaluation" / "results.jsonl"
     if not path.exists():
@@ -285,7 +285,8 @@ def alpha_sweep_figure(out: Path) -> str:
     matplotlib.use("Agg")  # the runner has no display
     import matplotlib.pyplot as plt
 
-    from .reports import plot_alpha_sweep, results_frame, sweep_frame
+    from .figures import plot_alpha_sweep
+    from .tables import results_frame, sweep_frame
     from .results import run_records
     for notebook in ("03_lpft_alpha_sweep", "05_evaluation"):
         runs = run_records(out / "results" / notebook)
@@ -307,7 +308,7 @@ def results_table(out: Path) -> str:
     """Every evaluated model of the run's notebooks: ID and OOD macro-F1, gap and ECE, as escaped HTML."""
     import pandas as pd
 
-    from .reports import comparison, mean_sd, results_frame
+    from .tables import comparison, mean_sd, results_frame
     from .results import report_records
     records = report_records(out)
     if not records:

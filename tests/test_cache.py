@@ -44,7 +44,7 @@ def test_a_change_to_the_computing_code_changes_the_fingerprint(package_copy, mo
 
 @pytest.mark.parametrize("module, old, new", [
     ("runner.py", "def study_notebooks()", "def study_notebooks_renamed()"),  # the runner
-    ("reports.py", "def escaped_table(", "def escaped_html_table("),  # the report rendering
+    ("tables.py", "def escaped_table(", "def escaped_html_table("),  # the report rendering
     ("losses.py", "    \"\"\"Raise ValueError naming the bad OCC setting.\"\"\"", "    \"\"\"Another docstring.\"\"\""),
     ("losses.py", "PRIORS = (\"ordinal\", \"uniform\")", "PRIORS = (\"ordinal\", \"uniform\")  # a new comment"),
 ])

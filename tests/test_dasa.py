@@ -168,7 +168,7 @@ def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch
 
 
 def test_tables_of_data_text_are_escaped():
-    from darl_utils.reports import escaped_table
+    from darl_utils.tables import escaped_table
     html = escaped_table(pd.DataFrame({"query": ["<script>alert(1)</script>"], "item": ["a & b"], "score": [99.5]}))
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a &amp; b" in html
     assert "99.50" in html

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from darl_utils import reports, runner
+from darl_utils import runner, tables
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 from darl_utils.smoke import smoke_assets
@@ -91,12 +91,12 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     # the main table of notebook 05: every model and ablation, best values in bold; the alpha sweep inline
     main = index[index.index('<table class="main dataframe"'):]
     main = main[:main.index("</table>")]
-    for model in reports.MAIN_MODELS.values():
+    for model in tables.MAIN_MODELS.values():
         assert f"<th>{html.escape(model)}</th>" in main, model
-    assert main.count("<b>") >= len(reports.MAIN_COLUMNS) and "nDCG@10" in main
+    assert main.count("<b>") >= len(tables.MAIN_COLUMNS) and "nDCG@10" in main
     # every model but FT shows its difference to FT with an interval
     assert len(re.findall(r"<td>[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]</td>", main)) == \
-        2 * (len(reports.MAIN_MODELS) - 1)
+        2 * (len(tables.MAIN_MODELS) - 1)
     assert '<img id="alpha-sweep"' in index and "data:image/png;base64" in index
     assert '<table border="1" class="dataframe" id="results">' in index  # every model, in a details element
     page = (folder / "02_ood_detection.html").read_text()
@@ -168,8 +168,8 @@ def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
     laid_out = json.loads(html.unescape(re.search(r"<title>(.*?)</title>", dom).group(1)))
-    assert laid_out["rows"] == 1 + len(reports.MAIN_MODELS)
-    assert laid_out["width"] > 400 and laid_out["height"] > 20 * len(reports.MAIN_MODELS)
+    assert laid_out["rows"] == 1 + len(tables.MAIN_MODELS)
+    assert laid_out["width"] > 400 and laid_out["height"] > 20 * len(tables.MAIN_MODELS)
     assert laid_out["first"] == "FT" and laid_out["image"] > 300
 
 

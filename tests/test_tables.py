@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from darl_utils import reports
+from darl_utils import tables
 
 
 def rows(model, id_f1, ood_f1, ece=0.1):
@@ -21,12 +21,12 @@ COLUMNS = {"id_macro_f1": ("ID macro-F1", "max"), "gap": ("gap", "zero"), "id_ec
 
 def test_best_mean_is_bold_per_column_and_gap_best_is_closest_to_zero():
     table = frame(rows("FT", [0.50, 0.52], [0.40, 0.42], ece=0.20), rows("LP", [0.40, 0.40], [0.45, 0.43], ece=0.05),
-                  rows(reports.DARL, [0.55, 0.57], [0.50, 0.46], ece=0.10))
-    html = reports.bold_best_table(table, COLUMNS)
+                  rows(tables.DARL, [0.55, 0.57], [0.50, 0.46], ece=0.10))
+    html = tables.bold_best_table(table, COLUMNS)
     cells = dict(re.findall(r"<tr><th>([^<]+)</th>(.*?)</tr>", html.split("<tbody>")[1]))
-    assert list(cells) == ["FT", "LP", reports.DARL]  # MAIN_MODELS order
+    assert list(cells) == ["FT", "LP", tables.DARL]  # MAIN_MODELS order
     bold = {m: re.findall(r"<td><b>([^<]+)</b></td>", c) for m, c in cells.items()}
-    assert bold[reports.DARL] == ["0.560 ± 0.014"]  # highest ID macro-F1
+    assert bold[tables.DARL] == ["0.560 ± 0.014"]  # highest ID macro-F1
     assert bold["LP"] == ["-0.040 ± 0.014", "0.050 ± 0.000"]  # gap nearest 0 (|-0.04| < 0.08), lowest ECE
     assert bold["FT"] == []
     assert "<td>2</td>" in cells["FT"]  # seeds
@@ -34,11 +34,11 @@ def test_best_mean_is_bold_per_column_and_gap_best_is_closest_to_zero():
 
 def test_a_missing_metric_shows_a_dash_and_is_never_best():
     table = frame(rows("FT", [0.5], [0.4]), rows("LP", [0.4], [0.4])).assign(id_ece=[np.nan, 0.1])
-    html = reports.bold_best_table(table, COLUMNS)
+    html = tables.bold_best_table(table, COLUMNS)
     assert "<td>–</td>" in html and "<td><b>0.100</b></td>" in html
 
 
 def test_extra_columns_follow_the_means():
     table = frame(rows("FT", [0.5], [0.4]), rows("LP", [0.4], [0.4]))
-    html = reports.bold_best_table(table, COLUMNS, extra={"LP": {"ID − FT": "-0.100 [-0.2, 0.0]"}})
+    html = tables.bold_best_table(table, COLUMNS, extra={"LP": {"ID − FT": "-0.100 [-0.2, 0.0]"}})
     assert "<th>ID − FT</th>" in html and "<td>-0.100 [-0.2, 0.0]</td>" in html and html.count("<td>–</td>") == 1

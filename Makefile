@@ -1,6 +1,6 @@
 # Two commands do all the set-up (see README):
 #   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
-#   make test    - install what is needed (Debian's chromium too, for the report test), then run the tests
+#   make test    - install what is needed (Debian's chromium too, for the report test), then ruff and the tests
 #   make gpu-bundle - the folder an offline GPU node needs (wheels, MiniLM in fp16, data): README, GPU node
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
@@ -43,6 +43,7 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 test: install browser
+	$(PY) -m ruff check .
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(ARGS)
 
 # an offline GPU node with Python GPU_PYTHON: wheels of what it lacks, MiniLM in float16 and the data (DARL_DATA),

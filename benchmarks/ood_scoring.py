@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from darl_utils.ood import KNN_SEARCHES, Mahalanobis, knn_distance
 from darl_utils.cache import environment
+from darl_utils.ood import KNN_SEARCHES, Mahalanobis, knn_distance
 
 
 def clustered(rng, n: int, width: int, centres: np.ndarray) -> np.ndarray:

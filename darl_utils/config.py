@@ -17,7 +17,6 @@ from .data import HOMEDEPOT_SCHEMES
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
 from .training import TrainSettings
 
-
 RUNNING = ("progress", "reuse", "out_dir", "eval_batch_size")  # change how a run goes, not its result
 LPFT_ONLY = ("lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lpft_head_lr", "alphas")  # plain FT ignores these
 AUGMENTS = ("none", "dasa", "random", "oracle", "length_matched")
@@ -204,7 +203,7 @@ class RunConfig:
             bad("out_dir", f"cannot be created ({e.strerror})")
         if not os.access(out, os.W_OK):
             bad("out_dir", "is not writable")
-        from .modeling import resolve_backbone, BackboneError
+        from .modeling import BackboneError, resolve_backbone
         try:
             if self.backbone.lower() != "smollm2":  # smollm2 converts on first use: not a check
                 resolve_backbone(self.backbone)

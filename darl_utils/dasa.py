@@ -32,8 +32,14 @@ from .cache import atomic_write, data_fingerprint, entry_lock, processes_tag, we
 from .config import LPFT_ONLY, ConfigError, RunConfig
 from .data import DEGREES, cache_dir
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
-from .representations import (QUERY_SIDE, REPRESENTATIONS, cached_representations, length_correlation,
-                              length_stratified_auroc, representation_path)
+from .representations import (
+    QUERY_SIDE,
+    REPRESENTATIONS,
+    cached_representations,
+    length_correlation,
+    length_stratified_auroc,
+    representation_path,
+)
 from .results import cached_path, stored_path
 from .splits import Split, subsample
 from .training import Runtime, broadcast

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import html
 import os
-import zlib
 import shutil
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 

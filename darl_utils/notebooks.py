@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
+from dataclasses import fields
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, type_matches
+from .data import project_root
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -53,6 +56,17 @@ def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -
     if twice:
         raise ConfigError(f"settings: {twice} are notebook parameters already; set them there")
     return RunConfig.from_dict({**values, **settings}).validate()
+
+
+def setup(namespace: dict, reserved: tuple = ()) -> tuple[RunConfig, list[int]]:
+    """The setup cell of a study notebook, given its globals(): work from the project root (relative paths then
+    mean what they mean on the command line); the notebook's RunConfig from every parameter that names a RunConfig
+    setting (not those in `reserved`, which the notebook varies itself) plus `settings`, validated; and its
+    checked `seeds`. Progress bars are off: a page reads them as noise."""
+    os.chdir(project_root())
+    names = {f.name for f in fields(RunConfig)} - set(reserved)
+    values = {**{k: v for k, v in namespace.items() if k in names}, "progress": False}
+    return config_from_parameters(values, namespace.get("settings", {}), reserved), check_seeds(namespace["seeds"])
 
 
 def check_seeds(seeds) -> list[int]:

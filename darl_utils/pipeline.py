@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.numpy import save_file
-from safetensors.torch import load_file as load_torch, save_file as save_torch, save_model
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file as save_torch
+from safetensors.torch import save_model
 
 from .cache import atomic_write, data_fingerprint, entry_lock, environment, processes_tag, weights_tag
 from .config import LPFT_ONLY, RunConfig, method_name
@@ -33,8 +35,19 @@ from .metrics import evaluate_logits, softmax
 from .modeling import RelevanceModel, encode_pairs, load_backbone, model_card
 from .results import EVAL_PARTS, publish, stored_path
 from .splits import Split, make_split, subsample
-from .training import (Encoded, ProbeSettings, Runtime, broadcast, gather, parameter_checksum, predict_logits,
-                       seed_everything, setup_runtime, train_model, train_probe)
+from .training import (
+    Encoded,
+    ProbeSettings,
+    Runtime,
+    broadcast,
+    gather,
+    parameter_checksum,
+    predict_logits,
+    seed_everything,
+    setup_runtime,
+    train_model,
+    train_probe,
+)
 
 
 def load_data(cfg: RunConfig):

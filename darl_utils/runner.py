@@ -264,8 +264,8 @@ cannot tell the model from FT. The verdicts on each claim are on the notebook pa
 
 def main_table(out: Path) -> str:
     """The main table of notebook 05, from its results.jsonl, as escaped HTML with the best in bold."""
-    from .tables import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, results_frame
     from .results import read_records
+    from .tables import MAIN_COLUMNS, bold_best_table, main_frame, main_table_html, results_frame
     path = out / "results" / "05_evaluation" / "results.jsonl"
     if not path.exists():
         return "<p>Notebook 05 has no results yet.</p>"
@@ -286,8 +286,8 @@ def alpha_sweep_figure(out: Path) -> str:
     import matplotlib.pyplot as plt
 
     from .figures import plot_alpha_sweep
-    from .tables import results_frame, sweep_frame
     from .results import run_records
+    from .tables import results_frame, sweep_frame
     for notebook in ("03_lpft_alpha_sweep", "05_evaluation"):
         runs = run_records(out / "results" / notebook)
         lpft = [r for r in runs if r.get("method") == "LPFT" and "sweep" in r]
@@ -308,8 +308,8 @@ def results_table(out: Path) -> str:
     """Every evaluated model of the run's notebooks: ID and OOD macro-F1, gap and ECE, as escaped HTML."""
     import pandas as pd
 
-    from .tables import comparison, mean_sd, results_frame
     from .results import report_records
+    from .tables import comparison, mean_sd, results_frame
     records = report_records(out)
     if not records:
         return "<p>No results yet.</p>"

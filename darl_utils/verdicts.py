@@ -13,8 +13,14 @@ import numpy as np
 import pandas as pd
 
 from .data import DEGREES
-from .intervals import (Difference, SeedPredictions, model_interval, paired_difference, paired_mean_difference,
-                        verdict_word)
+from .intervals import (
+    Difference,
+    SeedPredictions,
+    model_interval,
+    paired_difference,
+    paired_mean_difference,
+    verdict_word,
+)
 from .results import predictions_of
 
 RESAMPLES = 1000  # bootstrap resamples per comparison

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from darl_utils import dasa, pipeline
-from darl_utils import representations
+from darl_utils import dasa, pipeline, representations
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 
@@ -134,7 +133,8 @@ def test_dasa_retraining_and_darl(pairs_csv, tiny_encoder, tmp_path, monkeypatch
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=4, augment="dasa")
     ft = pipeline.run_ft(cfg)
     aug = ft["augmentation"]
-    assert ft["method"] == "FT+DASA" and ft["sizes"]["train"] == aug["train_after"] == aug["train_before"] + aug["added"]
+    assert ft["method"] == "FT+DASA"
+    assert ft["sizes"]["train"] == aug["train_after"] == aug["train_before"] + aug["added"]
     assert aug["added"] == round(0.1 * aug["train_before"]) and 0 <= aug["ood_share"] <= 1
     for score in dasa.SCORES:
         assert 0 <= aug["detectors"][score]["auroc"] <= 1

@@ -5,8 +5,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from darl_utils.data import (DataError, download_wands, load_csv, load_homedepot, load_pairs, load_wands,
-                             rating_to_degree)
+from darl_utils.data import (
+    DataError,
+    download_wands,
+    load_csv,
+    load_homedepot,
+    load_pairs,
+    load_wands,
+    rating_to_degree,
+)
 
 WANDS_QUERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "wands" / "query.csv"
 
@@ -109,7 +116,8 @@ BAD_CSVS = {  # file content -> the one error it must give (file, row, problem)
     "malformed": ("query,item,label\na,b,strong\nc,d,weak,extra\n", r"mine.csv: malformed CSV"),
     "empty text": ("query,item,label\na,b,strong\nc,,weak\n", r"mine.csv: row 3: empty or NaN text in column 'item'"),
     "conflicting duplicate": ("query,item,label\na,b,strong\nc,d,weak\na,b,irrelevant\n",
-                              r"mine.csv: rows \[2, 4\]: duplicate pair .* conflicting labels \['strong', 'irrelevant'\]"),
+                              r"mine.csv: rows \[2, 4\]: duplicate pair .* "
+                              r"conflicting labels \['strong', 'irrelevant'\]"),
     "header only": ("query,item,label\n", r"mine.csv: no rows of data \(only a header\)"),
     "NUL byte": ("query,item,label\na,b,strong\nc,d\x00e,weak\n", r"mine.csv: row 3: NUL byte in column 'item'"),
 }

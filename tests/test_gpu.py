@@ -15,6 +15,7 @@ import torch
 
 from darl_utils import pipeline
 from darl_utils.results import cached_path
+
 from test_training import ROOT, tiny_config
 
 pytestmark = [pytest.mark.gpu,

@@ -8,8 +8,15 @@ import torch
 from sklearn.metrics import f1_score
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from darl_utils.intervals import (METRICS, Difference, SeedPredictions, model_interval, paired_difference,
-                                  paired_mean_difference, verdict_word)
+from darl_utils.intervals import (
+    METRICS,
+    Difference,
+    SeedPredictions,
+    model_interval,
+    paired_difference,
+    paired_mean_difference,
+    verdict_word,
+)
 from darl_utils.metrics import entropy
 
 

@@ -127,7 +127,8 @@ def test_interpolation_endpoints_and_midpoint(tiny_encoder):
     from darl_utils.training import Encoded
     data = Encoded(encode_pairs(tokenizer, ["red lamp", "blue drill 3 in"], ["red lamp model", "green saw"],
                                 kind, 32))
-    expected = {0.0: predict_logits(a, data, tokenizer, 8, Runtime()), 1.0: predict_logits(b, data, tokenizer, 8, Runtime())}
+    expected = {0.0: predict_logits(a, data, tokenizer, 8, Runtime()),
+                1.0: predict_logits(b, data, tokenizer, 8, Runtime())}
     assert not np.allclose(expected[0.0], expected[1.0])
     probe = RelevanceModel(load_backbone(tiny_encoder)[0], kind)
     for alpha, logits in expected.items():

@@ -1,8 +1,15 @@
-import torch
 import pytest
+import torch
 
-from darl_utils.modeling import (BackboneError, Collator, RelevanceModel, encode_pairs, load_backbone, pool,
-                                 resolve_backbone)
+from darl_utils.modeling import (
+    BackboneError,
+    Collator,
+    RelevanceModel,
+    encode_pairs,
+    load_backbone,
+    pool,
+    resolve_backbone,
+)
 
 QUERIES = ["cordless drill", "white ceiling fan with light 52 in", "pvc elbow"]
 ITEMS = ["DEWALT 20-Volt Cordless Drill", "Hampton Bay 52 in. White Ceiling Fan", "3/4 in. PVC 90 Elbow"]

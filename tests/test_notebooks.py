@@ -2,6 +2,7 @@ import ast
 import copy
 import json
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -50,6 +51,7 @@ def test_out_of_range_parameter_stops_in_the_validation_cell(tmp_path, homedepot
         run_notebook(NB01, tmp_path / "out.ipynb", {"data": str(homedepot_path), "n_examples": 99}, progress=False)
 
 
+@pytest.mark.slow
 def test_data_notebook_runs_on_home_depot(tmp_path, homedepot_path, pairs_csv, tiny_encoder, monkeypatch):
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
     # protocol-gap results: one real (tiny) FT run, recorded under each protocol and two seeds
@@ -90,6 +92,7 @@ def images(nb) -> int:
     return sum(bool(o.get("data", {}).get("image/png")) for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, tiny_encoder, monkeypatch):
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
     params = smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "lpft")
@@ -120,6 +123,7 @@ def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, ti
     assert [x["finished"] for x in lines if x["method"] == "FT"] == [ft_03[0]["finished"]]
 
 
+@pytest.mark.slow
 def test_ood_detection_notebook_runs_on_the_smoke_profile(tmp_path, pairs_csv, tiny_encoder, monkeypatch):
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
     params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "dasa"), "seeds": [0], "max_pool_pairs": 0,
@@ -172,3 +176,20 @@ def test_new_notebooks_stop_in_the_validation_cell(notebook, parameters, message
     with pytest.raises(PapermillExecutionError, match=message):
         run_notebook(notebook, tmp_path / "out.ipynb", params, progress=False)
     assert not (tmp_path / "out" / "results.jsonl").exists()  # stopped before any training
+
+
+def test_the_setup_cell_helper_takes_the_parameters_that_name_a_setting(tmp_path, monkeypatch, pairs_csv):
+    from darl_utils.data import project_root
+    from darl_utils.notebooks import setup
+    monkeypatch.chdir(tmp_path)
+    namespace = {"dataset": "csv", "data": str(pairs_csv), "lr": 0.001, "epochs": 3, "umap_points": 5,
+                 "occ_lambda": 0.5, "seeds": [0, 2],
+                 "settings": {"batch_size": 8}, "display": print}
+    cfg, seeds = setup(namespace, reserved=("occ_lambda",))
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.progress, seeds) == (0.001, 3, 8, False, [0, 2])
+    assert cfg.occ_lambda == 0.0  # reserved: the notebook varies it itself
+    assert Path.cwd() == project_root()
+    with pytest.raises(ConfigError, match=r"settings: \['occ_lambda'\] are notebook parameters already"):
+        setup({**namespace, "settings": {"occ_lambda": 1.0}}, reserved=("occ_lambda",))
+    with pytest.raises(ConfigError, match="seeds"):
+        setup({**namespace, "seeds": [1, 1]})

@@ -30,7 +30,8 @@ def profile_file(tmp_path, spec) -> str:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"03_lpft_alpha_sweep": {"alpahs": [0.5]}}, r"03_lpft_alpha_sweep.ipynb: unknown parameter 'alpahs'; did you mean 'alphas'"),
+    ({"03_lpft_alpha_sweep": {"alpahs": [0.5]}},
+     r"03_lpft_alpha_sweep.ipynb: unknown parameter 'alpahs'; did you mean 'alphas'"),
     ({"all": {"epohcs": 2}}, r"profile: 'all' sets \['epohcs'\], which no notebook declares"),
     ({"05_nothing": {}}, r"profile: unknown notebook\(s\) \['05_nothing'\]"),
     ({"all": {"lr": 5.0}}, r"02_ood_detection.ipynb: lr: 5.0 must be in \(0, 1\)"),
@@ -76,6 +77,7 @@ def smoke_report(tmp_path_factory):
     return root / "reports" / "smoke", root / "cache"
 
 
+@pytest.mark.slow
 def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     folder, _ = smoke_report
     index = (folder / "index.html").read_text()
@@ -87,7 +89,8 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
         assert f'<a href="{nb.stem}.html">{nb.name}</a></td><td class="finished">finished' in index
     assert len(runner.study_notebooks()) == 5
     assert (folder / "index.html").stat().st_size < PAGE_BUDGET
-    assert re.search(r"commit \w+( with uncommitted changes)? · \d{4}-\d\d-\d\d", index) and "torch " in index and "CPU" in index
+    assert re.search(r"commit \w+( with uncommitted changes)? · \d{4}-\d\d-\d\d", index)
+    assert "torch " in index and "CPU" in index
     # the main table of notebook 05: every model and ablation, best values in bold; the alpha sweep inline
     main = index[index.index('<table class="main dataframe"'):]
     main = main[:main.index("</table>")]
@@ -111,6 +114,7 @@ def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     assert results == ["02_ood_detection", "03_lpft_alpha_sweep", "04_occ_calibration", "05_evaluation"]
 
 
+@pytest.mark.slow
 def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeypatch):
     """benchmarks/study_budget.py mirrors the notebooks' job lists: its plan for the smoke profile names the very
     run folders the smoke report left in the cache (an LPFT and an FT per seed, OCC variants, DASA and controls)."""
@@ -130,6 +134,7 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
     assert all(r["train_samples"] > 0 for r in rows if r["runs"])
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch, capsys):
     folder, cache = smoke_report
     monkeypatch.setenv("DARL_CACHE", str(cache))
@@ -154,6 +159,7 @@ def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monk
     assert (folder / "results" / "05_evaluation.previous" / "results.jsonl").exists()  # the last results kept aside
 
 
+@pytest.mark.slow
 def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
     """Chromium lays the page out: the main table has a row per model and a real size on the screen."""
     folder, _ = smoke_report
@@ -173,6 +179,7 @@ def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
     assert laid_out["first"] == "FT" and laid_out["image"] > 300
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
     assets = smoke_assets(tmp_path / "assets")
     smoke = runner.load_profile("smoke")[1]

@@ -7,9 +7,21 @@ import pytest
 
 from darl_utils.data import DataError, load_csv, load_homedepot
 from darl_utils.smoke import synthetic_pairs
-from darl_utils.splits import (DROP_RULES, HELD_OUT_PARTS, OOD_PARTS, PARTS, POOL_PARTS, TEST_PARTS, SplitConfig,
-                               item_department, make_split, normalise_title, stable_unit, subsample,
-                               unseen_word_queries)
+from darl_utils.splits import (
+    DROP_RULES,
+    HELD_OUT_PARTS,
+    OOD_PARTS,
+    PARTS,
+    POOL_PARTS,
+    TEST_PARTS,
+    SplitConfig,
+    item_department,
+    make_split,
+    normalise_title,
+    stable_unit,
+    subsample,
+    unseen_word_queries,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from safetensors.torch import load_model
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.modeling import RelevanceModel, load_backbone
-from darl_utils.results import cached_path
 from darl_utils.pipeline import LPFT_ONLY, encode, prepare_split, run_folder, run_ft, sized_parts
+from darl_utils.results import cached_path
 from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from darl_utils import pipeline
 from darl_utils.config import LPFT_ONLY, RunConfig
-from darl_utils.notebooks import declared_parameters
+from darl_utils.notebooks import declared_parameters, study_config
 from darl_utils.runner import load_profile, resolve, study_notebooks
 
 REPRESENTATION_PASSES = 2  # DASA's representations: one pass over the pairs, one over the queries alone (upper bound)
@@ -38,13 +38,6 @@ def notebook_parameters(spec: dict) -> dict[str, dict]:
     return {nb.stem: {**declared_parameters(nb), **resolved[nb]} for nb in notebooks}
 
 
-def base_config(p: dict) -> RunConfig:
-    """The notebook's plain-FT config: the OCC parameters only shape its OCC variants (notebooks reserve them)."""
-    known = {k: v for k, v in p.items() if k in RunConfig.__dataclass_fields__
-             and k not in ("out_dir", "augment") and not k.startswith("occ_")}
-    return RunConfig.from_dict({**known, **p.get("settings", {})})
-
-
 def occ_variants(p: dict, base: RunConfig) -> dict[str, RunConfig]:
     occ = replace(base, occ_lambda=p["occ_lambda"], occ_rho=p["occ_rho"], occ_prior=p.get("occ_prior", "ordinal"),
                   occ_direction="reverse")
@@ -54,7 +47,7 @@ def occ_variants(p: dict, base: RunConfig) -> dict[str, RunConfig]:
 
 def notebook_jobs(name: str, p: dict) -> list[tuple[str, RunConfig]]:
     """(kind, config) of every run the notebook asks for, in its order; kind is 'ft' or 'lpft'."""
-    base = base_config(p)
+    base = study_config(p)
     jobs = []
     for seed in p.get("seeds", []):  # 01 trains nothing
         b = replace(base, seed=seed)
@@ -172,7 +165,7 @@ def main(argv=None) -> list[dict]:
     rows = budget(params)
     train_rate, infer_rate = args.train_rate, args.infer_rate
     if not (train_rate and infer_rate):
-        measured = measured_rates(base_config(next(iter(params.values()))))
+        measured = measured_rates(study_config(next(iter(params.values()))))
         train_rate, infer_rate = train_rate or measured[0], infer_rate or measured[1]
     totals = defaultdict(float)
     for row in rows:

@@ -58,6 +58,15 @@ def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -
     return RunConfig.from_dict({**values, **settings}).validate()
 
 
+def study_config(params: dict) -> RunConfig:
+    """The plain-FT RunConfig that a notebook's parameters describe (its defaults merged with a profile's):
+    every parameter that names a setting, plus `settings`; the OCC and augmentation settings a notebook varies
+    itself stay at their defaults."""
+    names = {f.name for f in fields(RunConfig)} - {"out_dir", "augment"}
+    values = {k: v for k, v in params.items() if k in names and not k.startswith("occ_")}
+    return RunConfig.from_dict({**values, **params.get("settings", {}), "progress": False})
+
+
 def setup(namespace: dict, reserved: tuple = ()) -> tuple[RunConfig, list[int]]:
     """The setup cell of a study notebook, given its globals(): work from the project root (relative paths then
     mean what they mean on the command line); the notebook's RunConfig from every parameter that names a RunConfig

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig
-from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters, run_notebook
+from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters, run_notebook, study_config
 
 # Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
 # notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
@@ -100,6 +100,36 @@ def check_values(notebook: Path, params: dict) -> None:
         raise ConfigError(f"{notebook.name}: {e}") from None
 
 
+def preflight(resolved: dict[Path, dict]) -> None:
+    """The checks that need only the data and the parameters, before the first notebook starts: for every
+    notebook and seed, no part of the split (sub-sampled as asked) is empty, and a DASA budget fits its pool."""
+    from dataclasses import replace
+
+    from .dasa import budget_size, unlabelled_pool
+    from .data import DataError
+    from .pipeline import prepare_split, sized_parts
+    for nb, params in resolved.items():
+        full = {**declared_parameters(nb), **params}
+        if "seeds" not in full:
+            continue
+        base = study_config(full)
+        for seed in full["seeds"]:
+            cfg = replace(base, seed=seed)
+            try:
+                split = prepare_split(cfg)
+                parts = sized_parts(split, cfg)
+                if "dasa_budget" in full:
+                    pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_salt)
+                    parts["pool"] = pool.frame
+                    budget_size(cfg.dasa_budget, len(parts["train"]), len(pool.frame))
+            except (ConfigError, DataError) as e:  # the split's own checks (an empty part) and the budget's
+                raise ConfigError(f"{nb.name}, seed {seed}: {e}") from None
+            empty = [part for part, frame in parts.items() if not len(frame)]
+            if empty:
+                raise ConfigError(f"{nb.name}, seed {seed}: the split leaves {empty} empty (protocol "
+                                  f"{cfg.protocol!r}, data {cfg.data_path()}); change the protocol or the sizes")
+
+
 def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True, force: bool = False) -> int:
     """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise. A notebook whose
     source, parameters, package code and data are unchanged since it last finished here is kept, not rerun
@@ -111,6 +141,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
         spec["all"] = {**smoke_assets(out / "assets"), **spec.get("all", {})}
     notebooks = study_notebooks()
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
+    preflight(resolved)
     out.mkdir(parents=True, exist_ok=True)
     ledger = read_ledger(out)
     statuses = []

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -196,3 +197,28 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     page = (folder / "03_lpft_alpha_sweep.html").read_text()
     assert "DataError" in page  # the error is visible on the notebook's own page
     assert (folder / "results" / "04_occ_calibration" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"02_ood_detection": {"dasa_budget": 100000.0}},
+     r"02_ood_detection.ipynb, seed 0: dasa_budget: 100000.0 asks for 100000 pairs but the pool holds \d+"),
+    ("no OOD queries", r"02_ood_detection.ipynb, seed 0: split: part 'ood_test' is empty under "
+                       r"protocol 'query_form'"),
+])
+def test_data_checks_run_before_the_first_notebook(tmp_path, monkeypatch, extra, message):
+    """A budget larger than the pool, or sizes that leave a part empty, stop the run before notebook 01 starts
+    (not after it ran and notebook 02 trained its FT)."""
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    smoke = runner.load_profile("smoke")[1]
+    spec = {"all": {**smoke_assets(tmp_path / "assets"), **smoke["all"]},
+            **{k: v for k, v in smoke.items() if k != "all"}}
+    if extra == "no OOD queries":  # the synthetic OOD queries are those with digits
+        pairs = pd.read_csv(spec["all"]["data"])
+        pairs[~pairs["query"].str.contains(r"\d")].to_csv(tmp_path / "no-ood.csv", index=False)
+        spec["all"]["data"] = str(tmp_path / "no-ood.csv")
+    else:
+        for name, values in extra.items():
+            spec[name] = {**spec.get(name, {}), **values}
+    with pytest.raises(ConfigError, match=message):
+        runner.run_profile(profile_file(tmp_path, spec), tmp_path / "reports", progress=False)
+    assert not (tmp_path / "reports").exists()

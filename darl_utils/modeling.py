@@ -73,7 +73,7 @@ def resolve_backbone(name: str) -> str:
     """A built-in name, a local model folder, or a hub id (returned as is, to be fetched by transformers)."""
     key = ALIASES.get(name.lower(), name.lower())
     if key == "minilm":
-        folder = os.environ.get("DARL_MINILM")  # the GPU bundle's copy (README, "On an offline GPU node")
+        folder = os.environ.get("DARL_MINILM")  # the GPU bundle's copy (docs/gpu-node.md)
         if folder:
             if not (Path(folder) / "config.json").is_file():
                 raise BackboneError(f"backbone {name!r}: DARL_MINILM={folder} is not a model folder (no config.json)")

@@ -33,7 +33,7 @@ import pandas as pd
 from .data import DEGREES, DataError
 
 PROTOCOLS = ("department", "query_form", "unseen_words")
-DEFAULT_PROTOCOL = "query_form"  # the largest measured FT ID-OOD gap on Home Depot (README, notebook 01)
+DEFAULT_PROTOCOL = "query_form"  # the largest measured FT ID-OOD gap on Home Depot (docs/measurements.md, notebook 01)
 PARTS = ("train", "id_val", "id_test", "pool_id", "ood_test", "pool_ood")
 ID_PARTS = ("train", "id_val", "id_test", "pool_id")
 OOD_PARTS = ("ood_test", "pool_ood")

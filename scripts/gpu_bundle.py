@@ -1,4 +1,4 @@
-"""The folder an offline GPU node needs to run the study (`make gpu-bundle`; README, "On an offline GPU node").
+"""The folder an offline GPU node needs to run the study (`make gpu-bundle`; docs/gpu-node.md).
 
     python scripts/gpu_bundle.py --python 3.12 --out gpu-bundle [--data train.csv.gz]
 

@@ -1,4 +1,4 @@
-"""The offline GPU node (README, "On an offline GPU node"): the bundle's wheel list (the closure of what runs the
+"""The offline GPU node (docs/gpu-node.md): the bundle's wheel list (the closure of what runs the
 notebooks less the closure of the node's packages), its size limit, MiniLM stored in float16 and loaded as float32,
 and, end to end on the CPU (slow), scripts/gpu_study.sh with the smoke profile on an emulated node: a bare copy of
 this Python whose only packages are the node's (torch, transformers ... linked from this environment), with no

@@ -117,7 +117,7 @@ def load_backbone(name: str, offline_hint: bool = True):
         config = AutoConfig.from_pretrained(where)
         tokenizer = AutoTokenizer.from_pretrained(where)
         backbone = AutoModel.from_pretrained(where, dtype=torch.float32)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # no weights, or a config that names no known model
         hint = (" - it is not a local folder and could not be fetched from the Hugging Face hub (offline?); "
                 "pass a local model folder or a built-in name (minilm, smollm2)") if where == name else ""
         raise BackboneError(f"backbone {name!r}: cannot load{hint}: {str(e).splitlines()[0]}") from None

@@ -86,8 +86,10 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def report_records(report: str | Path) -> list[dict]:
-    """Every evaluation line of a report's notebooks (report/results/<notebook>/results.jsonl)."""
-    return [r for path in sorted(Path(report).glob("results/*/results.jsonl")) for r in read_records(path)]
+    """Every evaluation line of a report's notebooks (report/results/<notebook>/results.jsonl), not the
+    previous run's (<notebook>.previous) that the runner keeps beside them."""
+    paths = sorted(Path(report).glob("results/*/results.jsonl"))
+    return [r for path in paths if not path.parent.name.endswith(".previous") for r in read_records(path)]
 
 
 def run_records(out_dir: str | Path) -> list[dict]:

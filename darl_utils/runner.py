@@ -101,18 +101,25 @@ def check_values(notebook: Path, params: dict) -> None:
 
 
 def preflight(resolved: dict[Path, dict]) -> None:
-    """The checks that need only the data and the parameters, before the first notebook starts: for every
-    notebook and seed, no part of the split (sub-sampled as asked) is empty, and a DASA budget fits its pool."""
+    """The checks that need only the data and the parameters, before the first notebook starts: every notebook's
+    backbone exists; for every notebook and seed, no part of the split (sub-sampled as asked) is empty, and a DASA
+    budget fits its pool."""
     from dataclasses import replace
 
     from .dasa import budget_size, unlabelled_pool
     from .data import DataError
+    from .modeling import ALIASES, BackboneError, resolve_backbone
     from .pipeline import prepare_split, sized_parts
     for nb, params in resolved.items():
         full = {**declared_parameters(nb), **params}
         if "seeds" not in full:
             continue
         base = study_config(full)
+        if ALIASES.get(base.backbone.lower(), base.backbone.lower()) != "smollm2":  # its first use converts it
+            try:
+                resolve_backbone(base.backbone)  # a model path that does not exist, before any work
+            except BackboneError as e:
+                raise ConfigError(f"{nb.name}: {e}") from None
         for seed in full["seeds"]:
             cfg = replace(base, seed=seed)
             try:
@@ -154,7 +161,12 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
                 and (out / before["page"]).exists():
             statuses.append({**before, "kept": True})
         else:
-            statuses.append({**execute(nb, params, out, progress), "fingerprint": stamp, "kept": False})
+            # until it finishes, the ledger and the index say so (the index links its last finished page, if any):
+            # a run killed here is neither kept next time nor shown as finished
+            write_ledger(out, {**ledger, nb.name: {**before, "status": "running"}})
+            write_index(out, name, statuses + [running_status(nb, before, out)], resolved)
+            statuses.append({**execute(nb, params, out, progress, before.get("status") in ("finished", "failed")),
+                             "fingerprint": stamp, "kept": False})
             ledger[nb.name] = {k: v for k, v in statuses[-1].items() if k != "kept"}
             write_ledger(out, ledger)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
@@ -195,14 +207,28 @@ def write_ledger(out: Path, ledger: dict) -> None:
     partial.replace(out / "ledger.json")
 
 
-def execute(notebook: Path, params: dict, out: Path, progress: bool) -> dict:
+def running_status(notebook: Path, before: dict, out: Path) -> dict:
+    """The index row of a notebook while it runs (and, if the run is killed, until it runs again)."""
+    earlier = before.get("page") if before.get("page") and (out / before["page"]).exists() else None
+    return {"notebook": notebook.name, "status": "running", "seconds": 0.0, "page": earlier or "",
+            "ran": "started " + time.strftime("%Y-%m-%d %H:%M"),
+            "error": f"running or interrupted; the page is from its run of {before['ran']}" if earlier else None}
+
+
+def execute(notebook: Path, params: dict, out: Path, progress: bool, last_complete: bool = True) -> dict:
+    """Run one notebook into its executed copy and page. Its results folder starts empty: the last complete one
+    moves to <name>.previous, and one an interrupted run left half-written is discarded (the complete one before
+    it stays in .previous)."""
     from papermill.exceptions import PapermillExecutionError
     executed = out / notebook.name
     results = NOTEBOOKS.parent / params.get("out_dir", out / "results" / notebook.stem)  # notebooks run there
-    if results.exists():  # the index reads this run's results only; the last ones stay beside it
-        previous = results.with_name(results.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        results.rename(previous)
+    if results.exists():
+        if last_complete:
+            previous = results.with_name(results.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            results.rename(previous)
+        else:
+            shutil.rmtree(results)
     started, status, error = time.time(), "finished", None
     try:
         run_notebook(notebook, executed, params, progress=progress)
@@ -254,8 +280,10 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
     and page, every evaluated model, and the provenance."""
     info = provenance()
     e = html.escape
+    link = lambda s: (f"<a href=\"{e(s['page'])}\">{e(s['notebook'])}</a>" if s["page"]  # noqa: E731
+                      else e(s["notebook"]))
     rows = "".join(
-        f"<tr><td><a href=\"{e(s['page'])}\">{e(s['notebook'])}</a></td>"
+        f"<tr><td>{link(s)}</td>"
         f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
         f"<td>{e(s.get('ran', ''))}{' (unchanged: kept)' if s.get('kept') else ''}</td>"
         f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)

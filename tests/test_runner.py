@@ -127,7 +127,7 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
     spec["all"] = {**smoke_assets(folder / "assets"), **spec["all"]}
     plan = budget["planned_runs"](budget["notebook_parameters"](spec))
     planned = [budget["run_identity"](kind, cfg) for runs in plan.values() for kind, cfg in runs]
-    trained = sorted(p.name for p in (cache / "runs").iterdir() if not p.name.startswith("lp-"))
+    trained = sorted(p.name for p in (cache / "runs").iterdir() if not p.name.startswith(("lp-", ".")))
     assert len(planned) == len(set(planned)) > 10
     assert sorted(planned) == trained
     rows = budget["budget"](budget["notebook_parameters"](spec))
@@ -185,17 +185,20 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     assets = smoke_assets(tmp_path / "assets")
     smoke = runner.load_profile("smoke")[1]
     spec = {"all": {**assets, **smoke["all"]}, **{k: v for k, v in smoke.items() if k != "all"}}
-    spec["03_lpft_alpha_sweep"] = {"protocol": "department", "csv_columns": {}}
+    broken = tmp_path / "broken-model"  # passes the checks before the run (a folder with a config.json) ...
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # ... but no model loads from it
+    spec["03_lpft_alpha_sweep"] = {"backbone": str(broken)}
     code = cli(["report", "--profile", profile_file(tmp_path, spec), "--out", str(tmp_path / "reports"),
                 "--no-progress"])
     assert code == 1
     folder = tmp_path / "reports" / "mine"
     index = (folder / "index.html").read_text()
     assert '03_lpft_alpha_sweep.ipynb</a></td><td class="failed">failed' in index
-    assert "DataError" in index and "group column" in index
+    assert "BackboneError" in index and "cannot load" in index
     assert index.count('class="finished">finished') == 4  # 04 and 05 ran after 03 failed
     page = (folder / "03_lpft_alpha_sweep.html").read_text()
-    assert "DataError" in page  # the error is visible on the notebook's own page
+    assert "BackboneError" in page  # the error is visible on the notebook's own page
     assert (folder / "results" / "04_occ_calibration" / "results.jsonl").exists()
 
 
@@ -204,6 +207,8 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
      r"02_ood_detection.ipynb, seed 0: dasa_budget: 100000.0 asks for 100000 pairs but the pool holds \d+"),
     ("no OOD queries", r"02_ood_detection.ipynb, seed 0: split: part 'ood_test' is empty under "
                        r"protocol 'query_form'"),
+    ({"03_lpft_alpha_sweep": {"backbone": "/no/such/model"}},
+     r"03_lpft_alpha_sweep.ipynb: backbone '/no/such/model': model path does not exist"),
 ])
 def test_data_checks_run_before_the_first_notebook(tmp_path, monkeypatch, extra, message):
     """A budget larger than the pool, or sizes that leave a part empty, stop the run before notebook 01 starts
@@ -222,3 +227,43 @@ def test_data_checks_run_before_the_first_notebook(tmp_path, monkeypatch, extra,
     with pytest.raises(ConfigError, match=message):
         runner.run_profile(profile_file(tmp_path, spec), tmp_path / "reports", progress=False)
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.slow
+def test_a_report_killed_mid_notebook_shows_it_and_resumes(smoke_report, monkeypatch):
+    """SIGKILL to the runner's process group while notebook 03 executes (a job's time limit): the index shows 01
+    and 02 finished, 03 running or interrupted with its last finished page, 04 and 05 pending, and 03's last
+    complete results kept aside; the next run executes 03 to 05 again, trains nothing, and finishes."""
+    import signal
+    import sys
+    import time
+    folder, cache = smoke_report
+    monkeypatch.setenv("DARL_CACHE", str(cache))
+    runs = sorted(p.name for p in (cache / "runs").iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "darl_utils", "report", "--profile", "smoke", "--out",
+                             str(folder.parent), "--force", "--no-progress"], cwd=runner.NOTEBOOKS.parent,
+                            env={**os.environ, "DARL_CACHE": str(cache)}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = re.compile(r'03_lpft_alpha_sweep\.ipynb</a></td><td class="running">')
+    deadline = time.time() + 600
+    while not running.search((folder / "index.html").read_text()) and time.time() < deadline:
+        assert proc.poll() is None, "the report ended before notebook 03 started"
+        time.sleep(0.5)
+    time.sleep(3)  # into the notebook
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    index = (folder / "index.html").read_text()
+    for nb, status in (("01_data", "finished"), ("02_ood_detection", "finished"),
+                       ("03_lpft_alpha_sweep", "running")):
+        assert re.search(rf'{nb}\.ipynb</a></td><td class="{status}">', index), nb
+    assert "running or interrupted; the page is from its run of" in index
+    assert re.search(r"<td>04_occ_calibration\.ipynb</td><td>pending", index)
+    assert (folder / "results" / "03_lpft_alpha_sweep.previous" / "results.jsonl").exists()
+    assert json.loads((folder / "ledger.json").read_text())["03_lpft_alpha_sweep.ipynb"]["status"] == "running"
+
+    assert runner.run_profile("smoke", folder.parent, progress=False) == 0
+    index = (folder / "index.html").read_text()
+    assert 'class="running"' not in index and index.count('class="finished"') == 5
+    assert sorted(p.name for p in (cache / "runs").iterdir()) == runs  # every model came from the cache
+    lines = (folder / "results" / "03_lpft_alpha_sweep" / "results.jsonl").read_text().splitlines()
+    assert {json.loads(x)["method"] for x in lines} >= {"FT", "LP", "LPFT"}

@@ -69,8 +69,9 @@ def test_a_moved_cache_reuses_the_probe_and_the_selection(pairs_csv, tiny_encode
 # A child process that runs one call with a hook: when `stage` starts it writes a marker file (and, with
 # log, appends a line per call), then carries on; the parent kills it there.
 CHILD = """
-import json, sys, time
+import json, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if launched in background
 from darl_utils import dasa, pipeline, representations
 from darl_utils.config import RunConfig
 marker, log, stage, what = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from darl_utils import pipeline
 from darl_utils.config import LPFT_ONLY, RunConfig
+from darl_utils.dasa import budget_size, unlabelled_pool
 from darl_utils.notebooks import declared_parameters, study_config
 from darl_utils.runner import load_profile, resolve, study_notebooks
 
@@ -95,10 +96,9 @@ def planned_runs(params: dict[str, dict]) -> dict[str, list[tuple[str, RunConfig
 def part_sizes(cfg: RunConfig) -> dict[str, int]:
     split = pipeline.prepare_split(cfg)
     sizes = {part: len(frame) for part, frame in pipeline.sized_parts(split, cfg).items()}
-    for pool in ("pool_id", "pool_ood"):
-        sizes[pool] = min(len(split[pool]), cfg.max_pool_pairs or len(split[pool]))
-    budget = cfg.dasa_budget if cfg.dasa_budget >= 1 else cfg.dasa_budget * sizes["train"]
-    sizes["added"] = int(budget)
+    pool = unlabelled_pool(split, cfg.max_pool_pairs, cfg.split_salt)  # as DASA draws it: whole queries
+    sizes["pool_id"], sizes["pool_ood"] = int((~pool.is_ood).sum()), int(pool.is_ood.sum())
+    sizes["added"] = budget_size(cfg.dasa_budget, sizes["train"], len(pool.frame))
     return sizes
 
 

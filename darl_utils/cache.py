@@ -19,9 +19,11 @@ import platform
 from pathlib import Path
 from typing import Callable
 
+from .distributed import world_size
+
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
-                     "dasa", "features", "representations", "pipeline", "cache")
+                     "dasa", "features", "representations", "pipeline", "cache", "distributed")
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -62,8 +64,7 @@ def data_fingerprint(path: Path) -> str:
 def processes_tag() -> str:
     """Part of a trained model's cache key under torchrun: batch_size is per process, so N processes train with
     N times the batch of one. Empty for one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"|processes={world}" if world > 1 else ""
+    return f"|processes={world_size()}" if world_size() > 1 else ""
 
 
 def environment() -> dict:
@@ -82,7 +83,7 @@ def entry_lock(folder: Path):
     the first one is done, then finds its result instead of training again. The lock is the kernel's (flock),
     so a killed holder never leaves it behind. Under torchrun the job is one writer and takes no lock: its
     ranks must not wait on one another outside their collectives."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         yield
         return
     locks = Path(folder).parent / ".locks"

@@ -25,12 +25,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors.numpy import load_file, save_file
 
 from .cache import atomic_write, data_fingerprint, entry_lock, processes_tag, weights_tag
 from .config import LPFT_ONLY, ConfigError, RunConfig
 from .data import DEGREES, cache_dir
+from .distributed import broadcast, wait_for_everyone
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
 from .representations import (
     QUERY_SIDE,
@@ -42,7 +42,7 @@ from .representations import (
 )
 from .results import cached_path, stored_path
 from .splits import Split, subsample
-from .training import Runtime, broadcast
+from .training import Runtime
 
 POOL_PARTS = ("pool_id", "pool_ood")
 SCORED_PARTS = ("id_val", "id_test", "ood_test", "pool")  # train is the reference; id_val the percentile scale
@@ -248,8 +248,7 @@ def _select(cfg: RunConfig, split: Split, parts: dict, runtime: Runtime, train_s
                                else (None, {}, None))
     if runtime.main:
         _select_and_save(cfg, parts, pool, size, features, source, folder, started, files, matched)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    wait_for_everyone()  # the others read the selection process 0 wrote
 
 
 def read_train(folder: Path) -> pd.DataFrame:

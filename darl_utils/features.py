@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors.numpy import load_file, save_file
 
 from .data import cache_dir
-from .training import Runtime, broadcast, predict_logits
+from .distributed import main_process_first
+from .training import Runtime, predict_logits
 
 
 def text_hash(frame: pd.DataFrame) -> str:
@@ -39,15 +39,13 @@ def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, 
     """Features (n x hidden, float32) of `frame` (already encoded as `data`) under `model`, from the cache
     when there. `model_id` must change whenever the weights do (a backbone path, a checkpoint folder)."""
     path = feature_path(model_id, frame, max_length, runtime.precision)
-    if not broadcast(path.exists()):  # one decision for all processes, so they meet at the same barrier
-        if runtime.main:
+    with main_process_first():  # process 0 computes and writes the entry, the others then read it
+        if runtime.main and not path.exists():
             features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             save_file({"features": np.ascontiguousarray(features, dtype=np.float32)}, str(partial))
             partial.replace(path)  # atomic: a crash never leaves a half-written cache entry
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # the other processes read what process 0 wrote
     features = load_file(str(path))["features"]
     if len(features) != len(frame):
         raise RuntimeError(f"feature cache {path.name} holds {len(features)} rows for {len(frame)} pairs")

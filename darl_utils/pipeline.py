@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from .cache import atomic_write, data_fingerprint, entry_lock, environment, proc
 from .config import LPFT_ONLY, RunConfig, method_name
 from .dasa import augment_exclusions, augmented_train
 from .data import cache_dir, load_pairs
+from .distributed import broadcast, gather, is_main_process, wait_for_everyone
 from .features import cached_features, text_hash
 from .interpolation import choose_alpha, interpolate
 from .losses import make_loss
@@ -39,8 +39,6 @@ from .training import (
     Encoded,
     ProbeSettings,
     Runtime,
-    broadcast,
-    gather,
     parameter_checksum,
     predict_logits,
     seed_everything,
@@ -84,8 +82,8 @@ def _make_split(cfg: RunConfig, key: str) -> Split:
     split = make_split(pairs.frame, cfg.split_config(), cfg.dataset)
     split.load_dropped = pairs.dropped
     split.directory = cache_dir() / "splits" / f"{cfg.dataset}-{cfg.protocol}-{key}"
-    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun the others compute it in memory only
-    if first and not (split.directory / "split.json").exists():
+    # under torchrun the others compute it in memory only
+    if is_main_process() and not (split.directory / "split.json").exists():
         split.save(split.directory)
     return split
 
@@ -231,7 +229,7 @@ def _train_ft(cfg: RunConfig, method: str, folder: Path) -> dict:
                   **evaluate(logits, ctx)}
         _store(result, folder)
         publish(result, cfg.out_dir)
-    _barrier()
+    wait_for_everyone()  # the others return once process 0 has stored the run
     return result
 
 
@@ -327,18 +325,13 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
                   "alpha_star": alpha_star, **{k: v for k, v in best.items() if k != "alpha"}, "sweep": sweep}
         _store(result, folder)
         publish(result, cfg.out_dir)
-    _barrier()
+    wait_for_everyone()  # the process group itself is closed by the command line, once
     return result
 
 
 def _store(result: dict, folder: Path) -> None:
     # written last and at once: its presence means the run finished
     atomic_write(folder / "result.json", lambda name: Path(name).write_text(json.dumps(result, indent=2)))
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # the process group itself is closed by the command line, once
 
 
 def summary_line(result: dict) -> str:

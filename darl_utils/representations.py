@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from .cache import code_fingerprint
 from .data import cache_dir
+from .distributed import main_process_first
 from .features import text_hash
 from .modeling import Collator, encode_pairs, pool
-from .training import Runtime, broadcast
+from .training import Runtime
 
 REPRESENTATIONS = ("query_first", "query_mean", "pair_mean", "pair_first", "head_hidden")
 QUERY_SIDE = ("query_first", "query_mean")
@@ -104,15 +105,13 @@ def cached_representations(model, model_id: str, frame: pd.DataFrame, tokenizer,
     """`extract`, from the cache when there (process 0 computes; the others read). `model_id` must change
     whenever the weights do."""
     path = representation_path(model_id, frame, max_length, runtime.precision)
-    if not broadcast(path.exists()):
-        if runtime.main:
+    with main_process_first():  # process 0 computes and writes the entry, the others then read it
+        if runtime.main and not path.exists():
             values = extract(model, frame, tokenizer, max_length, batch_size, runtime, progress)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             save_file({k: np.ascontiguousarray(v) for k, v in values.items()}, str(partial))
             partial.replace(path)  # atomic: never a half-written entry
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
     values = load_file(str(path))
     if len(values["tokens"]) != len(frame):
         raise RuntimeError(f"representation cache {path.name} holds {len(values['tokens'])} rows for {len(frame)}")

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from .config import RunConfig, method_name
 from .data import cache_dir
+from .distributed import is_main_process
 
 EVAL_PARTS = ("id_val", "id_test", "ood_test")
 
@@ -55,7 +56,7 @@ def lines_of(records: list[dict]) -> list[dict]:
 def publish(result: dict, out_dir: str | Path) -> dict:
     """Write the run's JSON into out_dir and its evaluation lines into out_dir/results.jsonl, once per run:
     taking a finished run from the cache into the same folder again adds nothing. Process 0 only."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return result
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

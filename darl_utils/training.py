@@ -8,17 +8,16 @@ they take the same early-stopping decision without talking to each other.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm  # plain bars: batch runs and papermill logs read them as text
 
+from . import distributed
 from .metrics import classification_metrics
 from .modeling import Collator
 
@@ -51,13 +50,12 @@ def setup_runtime(device: str = "auto") -> Runtime:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if device == "cuda" and not use_cuda:
         raise RuntimeError("device: 'cuda' asked for, but torch sees no CUDA GPU")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    distributed.join(use_cuda)
+    local = distributed.local_rank()
     if use_cuda:
         torch.cuda.set_device(local)
-    return Runtime(rank, world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu"))
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    return Runtime(distributed.rank(), distributed.world_size(), device)
 
 
 def seed_everything(seed: int) -> None:
@@ -258,7 +256,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
                 window = []
         mean_loss = _check_finite(total_loss / max(steps, 1), epoch, settings, bar)
         val_pred = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime).argmax(1)
-        val_f1 = broadcast(classification_metrics(val.labels, val_pred)["macro_f1"])  # one decision for all
+        val_f1 = distributed.broadcast(classification_metrics(val.labels, val_pred)["macro_f1"])  # one decision for all
         history.append({"epoch": epoch, "train_loss": mean_loss, "id_val_macro_f1": val_f1})
         if keeper.stop_after(val_f1, model):
             break
@@ -316,21 +314,3 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
 def parameter_checksum(model) -> float:
     """A number that differs when any weight differs (used to prove DDP kept processes in step)."""
     return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
-
-
-def broadcast(obj):
-    """Process 0's `obj` on every process (so they cannot take different branches)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather(obj) -> list:
-    """`obj` from every process (a one-item list when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out

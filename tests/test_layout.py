@@ -47,3 +47,11 @@ def test_results_files_have_one_writer():
     """Only results.py opens results.jsonl for writing."""
     writers = [p.stem for p in PACKAGE.glob("*.py") if '"results.jsonl", "a"' in p.read_text()]
     assert writers == ["results"]
+
+
+def test_one_module_talks_between_processes():
+    """Only distributed.py imports torch.distributed or reads the launcher's RANK / WORLD_SIZE; training.py may
+    still shard with torch.utils.data's DistributedSampler and wrap with DDP."""
+    talkers = [p.stem for p in PACKAGE.glob("*.py")
+               if any(s in p.read_text() for s in ("torch.distributed", '"RANK"', '"WORLD_SIZE"', '"LOCAL_RANK"'))]
+    assert talkers == ["distributed"]

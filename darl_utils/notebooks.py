@@ -44,8 +44,33 @@ def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | No
     parameters = parameters or {}
     check_parameters(notebook, parameters)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    managers = {"kernel_manager_class": socket_kernel_manager()} if os.name == "posix" else {}
     return papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                                      cwd=str(cwd or NOTEBOOKS.parent), progress_bar=progress)
+                                      cwd=str(cwd or NOTEBOOKS.parent), progress_bar=progress, **managers)
+
+
+def socket_kernel_manager():
+    """A kernel manager that talks to its kernel over Unix sockets in Jupyter's runtime folder, each kernel under
+    its own name: no TCP ports to race for when several reports run at once, and no "running over TCP without
+    encryption" warning from every kernel on the runner's output."""
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    class SocketKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self):
+            # absolute: papermill runs the kernel and the client in the notebook's folder, which must stay clean
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"darl-kernel-{uuid.uuid4().hex[:12]}")
+
+    return SocketKernelManager
 
 
 def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -> RunConfig:

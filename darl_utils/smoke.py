@@ -34,6 +34,7 @@ def synthetic_pairs(n_queries: int = 180, per_query: int = 4, seed: int = 0) -> 
 def tiny_model(folder: str | Path, config) -> str:
     """A random-init model of `config` with MiniLM's vocabulary (from the embedded package), saved in folder."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .modeling import resolve_backbone
     folder = Path(folder)
@@ -42,7 +43,14 @@ def tiny_model(folder: str | Path, config) -> str:
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
         config.vocab_size = tokenizer.vocab_size
         torch.manual_seed(0)  # the same tiny model every time, whatever ran before
-        AutoModel.from_config(config).save_pretrained(folder)
+        model = AutoModel.from_config(config)
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a one-shard bar on the runner's output says nothing
+        try:
+            model.save_pretrained(folder)
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
         tokenizer.save_pretrained(folder)
     return str(folder)
 

@@ -136,14 +136,14 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
 
 
 @pytest.mark.slow
-def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch, capsys):
+def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monkeypatch, capfd):
     folder, cache = smoke_report
     monkeypatch.setenv("DARL_CACHE", str(cache))
     pages = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"}
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("an unchanged notebook ran again"))
-    capsys.readouterr()
+    capfd.readouterr()
     assert runner.run_profile("smoke", folder.parent, progress=False) == 0
-    said = capsys.readouterr().out.splitlines()  # without progress bars, still one line per notebook
+    said = capfd.readouterr().out.splitlines()  # without progress bars, still one line per notebook
     assert [line.split(":")[0] for line in said] == [nb.name for nb in runner.study_notebooks()]
     assert all(re.fullmatch(r"\S+\.ipynb: kept \(\d+ s\)", line) for line in said), said
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"} == pages
@@ -153,7 +153,11 @@ def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monk
     # forced: every notebook executes again, but every model and feature comes from the cache
     trained = sorted(p.name for p in (cache / "runs").iterdir())
     finished = {p: json.loads(p.read_text())["finished"] for p in (cache / "runs").glob("*/result.json")}
+    capfd.readouterr()
     assert runner.run_profile("smoke", folder.parent, progress=False, force=True) == 0
+    said = capfd.readouterr()  # the kernels' own output too: nothing but one line per notebook
+    lines = (said.out + said.err).splitlines()
+    assert len(lines) == 5 and all(re.fullmatch(r"\S+\.ipynb: finished \(\d+ s\)", line) for line in lines), lines
     assert sorted(p.name for p in (cache / "runs").iterdir()) == trained
     assert {p: json.loads(p.read_text())["finished"] for p in finished} == finished
     assert "(unchanged: kept)" not in (folder / "index.html").read_text()

@@ -16,10 +16,11 @@ import functools
 import hashlib
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Callable
 
-from .distributed import world_size
+from .distributed import broadcast, is_main_process, joined, world_size
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
@@ -77,27 +78,49 @@ def environment() -> dict:
             "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
 
 
+LOCK_POLL_SECONDS = 2.0  # how often a waiting torchrun job asks for a lock again (its ranks meet at each ask)
+
+
 @contextlib.contextmanager
 def entry_lock(folder: Path):
-    """One writer per cache entry: a second process that wants the same run, probe or selection waits here until
-    the first one is done, then finds its result instead of training again. The lock is the kernel's (flock),
-    so a killed holder never leaves it behind. Under torchrun the job is one writer and takes no lock: its
-    ranks must not wait on one another outside their collectives."""
-    if world_size() > 1:
+    """One writer per cache entry: a second process (or torchrun job) that wants the same run, probe or selection
+    waits here until the first one is done, then finds its result instead of training again. The lock is the
+    kernel's (flock), so a killed holder never leaves it behind. Under torchrun process 0 holds it for the job;
+    while it waits, every rank meets it at each try, so no rank sits in one collective past its timeout."""
+    if world_size() > 1 and not joined():
+        raise RuntimeError("a torchrun process takes a cache lock before joining its process group "
+                           "(call training.setup_runtime first)")
+    handle = _lock_file(folder) if is_main_process() else None
+    try:
+        if not broadcast(_try_lock(handle)):
+            if handle:
+                print(f"waiting for another process to finish {Path(folder).name}", flush=True)
+            if joined():
+                while not broadcast(_try_lock(handle)):
+                    time.sleep(LOCK_POLL_SECONDS)
+            else:
+                fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-        return
+    finally:
+        if handle:
+            handle.close()  # releases the lock
+
+
+def _lock_file(folder: Path):
     locks = Path(folder).parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{Path(folder).name}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process to finish {Path(folder).name}", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return open(locks / f"{Path(folder).name}.lock", "w")
+
+
+def _try_lock(handle) -> bool | None:
+    """Take the lock if it is free (process 0); None on the other processes, which follow process 0's answer."""
+    if handle is None:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 class CacheWriteError(OSError):

@@ -207,8 +207,9 @@ def run_ft(cfg: RunConfig) -> dict:
     cfg.validate()
     method = method_name("FT", cfg)
     folder = run_folder(method, cfg, exclude=LPFT_ONLY)
+    setup_runtime(cfg.device)  # under torchrun: the processes join before they meet at the lock
     with entry_lock(folder):
-        done = _finished(folder, cfg)  # also after a wait: another process may have trained it meanwhile
+        done = broadcast(_finished(folder, cfg))  # also after a wait: another job may have trained it meanwhile
         return publish(done, cfg.out_dir) if done else _train_ft(cfg, method, folder)
 
 
@@ -283,8 +284,9 @@ def run_lpft(cfg: RunConfig) -> dict:
     cfg.validate()
     method = method_name("LPFT", cfg)
     folder = run_folder(method, cfg, exclude=("alphas",))  # a new alpha list re-evaluates, never retrains
+    setup_runtime(cfg.device)
     with entry_lock(folder):
-        done = _finished(folder, cfg)
+        done = broadcast(_finished(folder, cfg))
         if done and done["config"]["alphas"] == cfg.alphas:
             return publish(done, cfg.out_dir)
         return _train_lpft(cfg, method, folder)
@@ -296,7 +298,7 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
     model = ctx.new_model()
     lp_fit = linear_probe(model, ctx)
     theta_lp = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if cfg.reuse and (folder / "model.safetensors").exists():
+    if broadcast(cfg.reuse and (folder / "model.safetensors").exists()):  # one decision for every process
         theta_ft = load_torch(str(folder / "model.safetensors"))
         ft_fit = json.loads((folder / "ft_fit.json").read_text())
     else:

@@ -94,6 +94,46 @@ def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):
     assert "ID macro-F1" in run.stdout
 
 
+@pytest.mark.slow
+def test_a_torchrun_job_waits_while_another_holds_its_entry(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    """Two jobs on one cache: while another process holds a run's lock, a torchrun job (2 processes) that wants
+    the run waits, its ranks meeting at every try, says so once, and trains it when the lock is free."""
+    import fcntl
+    import time
+
+    from darl_utils.cache import LOCK_POLL_SECONDS
+    out = tmp_path / "ddp"
+    settings = dict(dataset="csv", data=str(pairs_csv), csv_columns={"group": "group"}, backbone=tiny_encoder,
+                    max_length=32, epochs=2, batch_size=8, lr=2e-3, device="cpu", progress=False, out_dir=str(out))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "darl_utils",
+           "ft", "--dataset", "csv", "--data", str(pairs_csv), "--csv-columns", '{"group": "group"}', "--backbone",
+           tiny_encoder, "--max-length", "32", "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--device",
+           "cpu", "--no-progress", "--out-dir", str(out)]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the job's own key: its batch is per process
+    folder = run_folder("FT", RunConfig(**settings), exclude=LPFT_ONLY)
+    monkeypatch.delenv("WORLD_SIZE")
+    (folder.parent / ".locks").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(folder.parent / ".locks" / f"{folder.name}.lock", "w") as held, open(tmp_path / "err", "w") as err:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the other job, training this run
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        said = [job.stdout.readline()]
+        while said[-1] and "waiting for another process" not in said[-1]:
+            said.append(job.stdout.readline())
+        assert f"waiting for another process to finish {folder.name}" in said[-1], (tmp_path / "err").read_text()
+        time.sleep(4 * LOCK_POLL_SECONDS)  # several tries, each a collective of both ranks
+        assert job.poll() is None and not (folder / "result.json").exists()
+        released = time.strftime("%Y-%m-%dT%H:%M:%S")
+    rest, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, (tmp_path / "err").read_text()[-3000:]
+    assert ("".join(said) + rest).count("waiting for another process") == 1  # process 0 speaks for the job
+    [saved] = out.glob("ft-query_form-seed0-*.json")
+    result = json.loads(saved.read_text())
+    assert Path(result["checkpoint"]).name == folder.name and result["finished"] >= released
+    a, b = result["param_checksums"]
+    assert a == b  # the ranks stayed in step through the wait
+
+
 def test_out_of_memory_is_explained(tiny_encoder, pairs_csv):
     backbone, tokenizer, kind, _ = load_backbone(tiny_encoder)
 

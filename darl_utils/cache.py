@@ -24,7 +24,7 @@ from .distributed import broadcast, is_main_process, joined, world_size
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
-                     "dasa", "features", "representations", "pipeline", "cache", "distributed")
+                     "dasa", "features", "representations", "pipeline", "cache", "distributed", "tokens")
 PACKAGE = Path(__file__).resolve().parent
 
 

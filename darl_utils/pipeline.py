@@ -35,6 +35,7 @@ from .metrics import evaluate_logits, softmax
 from .modeling import RelevanceModel, encode_pairs, load_backbone, model_card
 from .results import EVAL_PARTS, publish, stored_path
 from .splits import Split, make_split, subsample
+from .tokens import cached_encoding, tokenizer_tag
 from .training import (
     Encoded,
     ProbeSettings,
@@ -112,14 +113,21 @@ class Context:
     parts: dict
     augmentation: dict | None = None  # what DASA or a control added to train (None: train as split)
     _encoded: dict = field(default_factory=dict)
+    _tokenizer_tag: str | None = None
 
     def encoded(self, part: str) -> Encoded:
+        """A part's tokens with its labels: from this process's memo, else the disk cache (tokens.py)."""
         if part not in self._encoded:
             frame = self.parts[part]
             key = ("encoded", self.where, self.kind, self.cfg.max_length, text_hash(frame),
                    hashlib.sha1(frame["label"].to_numpy().tobytes()).hexdigest())
-            self._encoded[part] = _memo(key, lambda: encode(frame, self.tokenizer, self.kind, self.cfg.max_length))
+            self._encoded[part] = _memo(key, lambda: Encoded(self._tokens(frame), frame["label"].to_numpy()))
         return self._encoded[part]
+
+    def _tokens(self, frame: pd.DataFrame) -> list[dict]:
+        if self._tokenizer_tag is None:
+            self._tokenizer_tag = tokenizer_tag(self.tokenizer)
+        return cached_encoding(frame, self.tokenizer, self._tokenizer_tag, self.kind, self.cfg.max_length)
 
     def new_model(self) -> RelevanceModel:
         seed_everything(self.cfg.seed)  # the head's initialisation depends on the seed only

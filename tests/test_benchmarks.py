@@ -17,3 +17,12 @@ def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_
     for name in ("ours", "trainer"):
         assert 0 <= line[f"{name}_id_val_macro_f1"] <= 1
     assert "batch 16, " in capsys.readouterr().out
+
+
+def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsys):
+    module = runpy.run_path(str(ROOT / "benchmarks" / "token_cache.py"))
+    rows = module["main"](["--dataset", "csv", "--data", str(pairs_csv), "--backbone", tiny_encoder,
+                           "--max-length", "32"])  # it asserts that the tokens read back equal the tokenised
+    assert [r["part"] for r in rows] == ["train", "id_val", "id_test", "ood_test"]
+    assert all(r["pairs"] > 0 and min(r["tokenise_s"], r["write_s"], r["read_s"]) >= 0 for r in rows)
+    assert "tokenise s" in capsys.readouterr().out

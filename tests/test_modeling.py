@@ -126,3 +126,21 @@ def test_cached_features_are_keyed_by_device_and_precision():
     assert cuda.precision == "cuda-bfloat16" and Runtime().precision == "cpu-float32"
     for path in (feature_path, representation_path):
         assert path("m", frame, 64, Runtime().precision) != path("m", frame, 64, cuda.precision)
+
+
+@pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_the_collator_pads_as_the_tokenizer_does(which, side, labelled, request):
+    _, tokenizer, kind, _ = load_backbone(request.getfixturevalue(which))
+    tokenizer.padding_side = side
+    pairs = encode_pairs(tokenizer, QUERIES, ITEMS, kind, 64)
+    batch = [{**p, "label": i % 3} if labelled else p for i, p in enumerate(pairs)]
+    ours = Collator(tokenizer)(batch)
+    theirs = dict(tokenizer.pad(pairs, return_tensors="pt"))
+    if labelled:
+        theirs["labels"] = torch.tensor([0, 1, 2])
+    assert sorted(ours) == sorted(theirs)
+    for key, tensor in theirs.items():
+        assert ours[key].dtype == tensor.dtype and torch.equal(ours[key], tensor), key
+    assert (ours["attention_mask"] == 0).any()  # the batch really is padded

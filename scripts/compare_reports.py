@@ -30,8 +30,9 @@ def comparable(value):
 
 
 def result_lines(report: Path) -> list[tuple[str, dict]]:
-    """(notebook, line) for every results.jsonl line of a report folder, notebooks in name order."""
-    files = sorted(Path(report).glob("results/*/results.jsonl"))
+    """(notebook, line) for every results.jsonl line of a report folder's notebooks, in name order."""
+    files = sorted(f for f in Path(report).glob("results/*/results.jsonl")
+                   if not f.parent.name.endswith(".previous"))  # a notebook's results before its last run
     if not files:
         raise SystemExit(f"error: {report} holds no results/*/results.jsonl (is it a report folder?)")
     return [(f.parent.name, comparable(json.loads(line))) for f in files for line in f.read_text().splitlines()]

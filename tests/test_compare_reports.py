@@ -42,3 +42,12 @@ def test_a_changed_number_fails_and_is_named(tmp_path, capsys):
 def test_a_folder_without_results_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="holds no results"):
         compare.main([str(tmp_path), str(tmp_path)])
+
+
+def test_results_kept_from_a_notebooks_earlier_run_are_not_compared(tmp_path, capsys):
+    before = write_report(tmp_path / "a", 0.61, "abc", 3.0)
+    after = write_report(tmp_path / "b", 0.61, "abc", 3.0)
+    older = after / "results" / "03_lpft_alpha_sweep.previous"
+    older.mkdir()
+    (older / "results.jsonl").write_text(json.dumps({"method": "FT", "id_test": {"macro_f1": 0.1}}) + "\n")
+    assert compare.main([str(before), str(after)]) == 0

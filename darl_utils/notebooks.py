@@ -15,6 +15,7 @@ from .config import ConfigError, RunConfig, type_matches
 from .data import project_root
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SOCKET_FOLDER_LIMIT = 70  # room for "/darl-kernel-<12 hex>-<n>" within a Unix socket path's ~107 bytes
 
 
 def declared_parameters(notebook: str | Path) -> dict:
@@ -53,6 +54,7 @@ def socket_kernel_manager():
     """A kernel manager that talks to its kernel over Unix sockets in Jupyter's runtime folder, each kernel under
     its own name: no TCP ports to race for when several reports run at once, and no "running over TCP without
     encryption" warning from every kernel on the runner's output."""
+    import tempfile
     import uuid
 
     from jupyter_client.manager import AsyncKernelManager
@@ -67,8 +69,11 @@ def socket_kernel_manager():
         @default("ip")
         def _ip_default(self):
             # absolute: papermill runs the kernel and the client in the notebook's folder, which must stay clean
-            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
-            return os.path.join(jupyter_runtime_dir(), f"darl-kernel-{uuid.uuid4().hex[:12]}")
+            folder = jupyter_runtime_dir()
+            if len(folder) > SOCKET_FOLDER_LIMIT:  # a socket's path may not exceed about 100 bytes
+                folder = tempfile.gettempdir()
+            os.makedirs(folder, exist_ok=True)
+            return os.path.join(folder, f"darl-kernel-{uuid.uuid4().hex[:12]}")
 
     return SocketKernelManager
 

@@ -193,3 +193,22 @@ def test_the_setup_cell_helper_takes_the_parameters_that_name_a_setting(tmp_path
         setup({**namespace, "settings": {"occ_lambda": 1.0}}, reserved=("occ_lambda",))
     with pytest.raises(ConfigError, match="seeds"):
         setup({**namespace, "seeds": [1, 1]})
+
+
+@pytest.mark.parametrize("long_folder", [False, True])
+def test_kernels_get_their_own_socket_names_in_a_short_enough_folder(long_folder, tmp_path, monkeypatch):
+    """Unix sockets in Jupyter's runtime folder, under a name of their own; a folder too long for a socket path
+    gives way to the temporary folder. A real run of the sockets: the runner tests' quiet rerun."""
+    import shutil
+    import tempfile
+
+    from darl_utils.notebooks import SOCKET_FOLDER_LIMIT, socket_kernel_manager
+    folder = tmp_path / ("x" * 80) if long_folder else Path(tempfile.mkdtemp(prefix="rt-"))
+    assert (len(str(folder)) > SOCKET_FOLDER_LIMIT) == long_folder
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(folder))
+    manager_class = socket_kernel_manager()
+    first, second = manager_class(kernel_name="python3"), manager_class(kernel_name="python3")
+    assert first.transport == "ipc" and first.ip != second.ip
+    assert Path(first.ip).parent == (Path(tempfile.gettempdir()) if long_folder else folder)
+    assert len(first.ip) + 3 < 107  # "-<n>" is added per channel
+    shutil.rmtree(folder, ignore_errors=True)

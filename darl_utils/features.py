@@ -8,12 +8,12 @@ stored: the pool's labels must stay hidden until DASA selects.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
+from .cache import atomic_write, code_fingerprint
 from .data import cache_dir
 from .distributed import main_process_first
 from .training import Runtime, predict_logits
@@ -28,7 +28,6 @@ def text_hash(frame: pd.DataFrame) -> str:
 
 def feature_path(model_id: str, frame: pd.DataFrame, max_length: int, precision: str = "cpu-float32"):
     """`precision` (runtime.precision): bf16 features on a GPU and float32 ones on a CPU are not the same."""
-    from .cache import code_fingerprint  # features.py is itself among the fingerprinted modules
     text = f"{model_id}|{max_length}|{text_hash(frame)}|{precision}|{code_fingerprint()}"
     key = hashlib.sha1(text.encode()).hexdigest()[:16]
     return cache_dir() / "features" / f"{key}.safetensors"
@@ -43,9 +42,7 @@ def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, 
         if runtime.main and not path.exists():
             features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file({"features": np.ascontiguousarray(features, dtype=np.float32)}, str(partial))
-            partial.replace(path)  # atomic: a crash never leaves a half-written cache entry
+            atomic_write(path, lambda name: save_file({"features": np.ascontiguousarray(features, np.float32)}, name))
     features = load_file(str(path))["features"]
     if len(features) != len(frame):
         raise RuntimeError(f"feature cache {path.name} holds {len(features)} rows for {len(frame)} pairs")

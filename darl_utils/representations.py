@@ -15,7 +15,6 @@ keeps its AUROC within token-count quintiles and has a small correlation with th
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cache import code_fingerprint
+from .cache import atomic_write, code_fingerprint
 from .data import cache_dir
 from .distributed import main_process_first
 from .features import text_hash
@@ -109,9 +108,7 @@ def cached_representations(model, model_id: str, frame: pd.DataFrame, tokenizer,
         if runtime.main and not path.exists():
             values = extract(model, frame, tokenizer, max_length, batch_size, runtime, progress)
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file({k: np.ascontiguousarray(v) for k, v in values.items()}, str(partial))
-            partial.replace(path)  # atomic: never a half-written entry
+            atomic_write(path, lambda name: save_file({k: np.ascontiguousarray(v) for k, v in values.items()}, name))
     values = load_file(str(path))
     if len(values["tokens"]) != len(frame):
         raise RuntimeError(f"representation cache {path.name} holds {len(values['tokens'])} rows for {len(frame)}")

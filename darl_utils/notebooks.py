@@ -53,7 +53,10 @@ def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | No
 def socket_kernel_manager():
     """A kernel manager that talks to its kernel over Unix sockets in Jupyter's runtime folder, each kernel under
     its own name: no TCP ports to race for when several reports run at once, and no "running over TCP without
-    encryption" warning from every kernel on the runner's output."""
+    encryption" warning from every kernel on the runner's output. A kernel that is shutting down gets the shutdown
+    request without the SIGINT that jupyter_client sends first: on a loaded machine that signal could land before
+    the last cell's handler returned and print "KeyboardInterrupt caught in kernel" (a busy kernel is still
+    stopped: SIGTERM, then SIGKILL, after shutdown_wait_time)."""
     import tempfile
     import uuid
 
@@ -74,6 +77,10 @@ def socket_kernel_manager():
                 folder = tempfile.gettempdir()
             os.makedirs(folder, exist_ok=True)
             return os.path.join(folder, f"darl-kernel-{uuid.uuid4().hex[:12]}")
+
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
 
     return SocketKernelManager
 

@@ -212,3 +212,28 @@ def test_kernels_get_their_own_socket_names_in_a_short_enough_folder(long_folder
     assert Path(first.ip).parent == (Path(tempfile.gettempdir()) if long_folder else folder)
     assert len(first.ip) + 3 < 107  # "-<n>" is added per channel
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_kernel_shuts_down_on_request_without_a_sigint():
+    """jupyter_client interrupts a kernel before asking it to shut down; a SIGINT that lands while the last cell's
+    handler is returning prints "KeyboardInterrupt caught in kernel" on the runner's output. Ours only asks."""
+    import asyncio
+    import signal
+
+    from darl_utils.notebooks import socket_kernel_manager
+
+    async def shut_down() -> tuple[list, bool, bool]:
+        manager = socket_kernel_manager()(kernel_name="python3")
+        await manager.start_kernel()
+        signals, real = [], manager._async_signal_kernel
+
+        async def recording(signum):
+            signals.append(signum)
+            await real(signum)
+        manager._async_signal_kernel = recording
+        await manager._async_interrupt_kernel()  # outside a shutdown, interrupts still reach the kernel
+        await manager.shutdown_kernel()
+        return signals, await manager.is_alive(), manager.has_kernel
+
+    signals, alive, has_kernel = asyncio.run(shut_down())
+    assert signals == [signal.SIGINT] and not alive and not has_kernel

@@ -40,6 +40,7 @@ from .training import (
     Encoded,
     ProbeSettings,
     Runtime,
+    head_logits,
     parameter_checksum,
     predict_logits,
     seed_everything,
@@ -163,10 +164,28 @@ def run_folder(method: str, cfg: RunConfig, exclude: tuple = ()) -> Path:
     return cache_dir() / "runs" / f"{slug}-{key}"
 
 
-def predict_parts(model, ctx: Context) -> dict[str, np.ndarray]:
-    progress = ctx.cfg.progress and ctx.runtime.main
-    return {p: predict_logits(model, ctx.encoded(p), ctx.tokenizer, ctx.cfg.eval_batch_size, ctx.runtime, progress)
+def predict_parts(model, ctx: Context, known: dict | None = None) -> dict[str, np.ndarray]:
+    """Logits of every evaluated part; `known` holds those the caller already has (id_val from training)."""
+    progress, known = ctx.cfg.progress and ctx.runtime.main, known or {}
+    return {p: known[p] if p in known else predict_logits(model, ctx.encoded(p), ctx.tokenizer,
+                                                          ctx.cfg.eval_batch_size, ctx.runtime, progress)
             for p in EVAL_PARTS}
+
+
+def pretrained_features(model: RelevanceModel, ctx: Context, part: str) -> np.ndarray:
+    """A part's features under the pretrained backbone (which `model` must still hold), cached on disk: LP
+    trains on them, and every LPFT run on the same parts reads LP's predictions off them."""
+    cfg = ctx.cfg
+    return cached_features(model, f"pretrained|{ctx.where}|{ctx.kind}", ctx.parts[part], ctx.encoded(part),
+                           ctx.tokenizer, cfg.max_length, cfg.eval_batch_size, ctx.runtime,
+                           cfg.progress and ctx.runtime.main)
+
+
+def probe_logits(model: RelevanceModel, ctx: Context) -> dict[str, np.ndarray]:
+    """LP's logits (alpha = 0) on every evaluated part: the probed head on the pretrained features, no backbone
+    pass once those are cached. Every process calls it (the feature cache is written by process 0)."""
+    return {p: head_logits(model.head, pretrained_features(model, ctx, p), ctx.encoded(p), ctx.cfg.eval_batch_size,
+                           ctx.runtime) for p in EVAL_PARTS}
 
 
 def evaluate(logits: dict[str, np.ndarray], ctx: Context) -> dict:
@@ -230,11 +249,11 @@ def _train_ft(cfg: RunConfig, method: str, folder: Path) -> dict:
     checksums = gather(parameter_checksum(model))
     result = None
     if ctx.runtime.main:
-        logits = predict_parts(model, ctx)
+        logits = predict_parts(model, ctx, known={"id_val": fit.id_val_logits})
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / "model.safetensors", lambda name: save_model(getattr(model, "module", model), name))
         atomic_write(folder / "predictions.safetensors", lambda name: save_file(prediction_tensors(logits, ctx), name))
-        result = {**base_record(method, ctx, folder, started), "fit": fit, "param_checksums": checksums,
+        result = {**base_record(method, ctx, folder, started), "fit": fit.record, "param_checksums": checksums,
                   **evaluate(logits, ctx)}
         _store(result, folder)
         publish(result, cfg.out_dir)
@@ -270,9 +289,7 @@ def _probe(model: RelevanceModel, ctx: Context, folder: Path, lp_loss) -> dict |
         fit = json.loads((folder / "fit.json").read_text())
     else:
         extraction = time.perf_counter()
-        feats = {p: cached_features(model, f"pretrained|{ctx.where}|{ctx.kind}", ctx.parts[p], ctx.encoded(p),
-                                    ctx.tokenizer, cfg.max_length, cfg.eval_batch_size, ctx.runtime,
-                                    cfg.progress and ctx.runtime.main) for p in ("train", "id_val")}
+        feats = {p: pretrained_features(model, ctx, p) for p in ("train", "id_val")}
         if ctx.runtime.main:
             settings = ProbeSettings(cfg.lp_epochs, cfg.lp_batch_size, cfg.lp_lr, cfg.weight_decay,
                                      cfg.lp_patience, cfg.seed)
@@ -306,6 +323,7 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
     model = ctx.new_model()
     lp_fit = linear_probe(model, ctx)
     theta_lp = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    lp_logits, ft_known = probe_logits(model, ctx), {}
     if broadcast(cfg.reuse and (folder / "model.safetensors").exists()):  # one decision for every process
         theta_ft = load_torch(str(folder / "model.safetensors"))
         ft_fit = json.loads((folder / "ft_fit.json").read_text())
@@ -313,8 +331,9 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
         # The probed head is no longer random: by default it trains at the backbone's rate (head_lr is for
         # fresh heads); lpft_head_lr gives it its own.
         settings = replace(cfg.train_settings(), head_lr=cfg.lpft_head_lr)
-        ft_fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings,
-                             ctx.runtime, loss_fn=stage_loss(cfg, "ft"))
+        fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings, ctx.runtime,
+                          loss_fn=stage_loss(cfg, "ft"))
+        ft_fit, ft_known = fit.record, {"id_val": fit.id_val_logits}
         theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if ctx.runtime.main:  # the weights last: their presence means the FT stage is complete
             folder.mkdir(parents=True, exist_ok=True)
@@ -324,8 +343,11 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
     if ctx.runtime.main:
         sweep, tensors = [], {}
         for alpha in sorted(set(cfg.alphas) | {0.0}):
-            model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
-            logits = predict_parts(model, ctx)
+            if alpha == 0:
+                logits = lp_logits
+            else:  # theta(1) is theta_FT exactly (lerp), so training's id_val logits hold for it
+                model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
+                logits = predict_parts(model, ctx, known=ft_known if alpha == 1 else None)
             tensors.update(prediction_tensors(logits, ctx, prefix=f"alpha={alpha:g}/"))
             sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
         atomic_write(folder / "predictions.safetensors", lambda name: save_file(tensors, name))

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file as load_torch
 
 from darl_utils import features as features_module
 from darl_utils import pipeline, results
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.interpolation import InterpolationError, choose_alpha, interpolate
 from darl_utils.losses import OCCLoss, label_smoothing_equivalent, make_loss, prior_matrix
-from darl_utils.metrics import confidence_metrics, entropy, evaluate_logits, expected_calibration_error
+from darl_utils.metrics import confidence_metrics, entropy, evaluate_logits, expected_calibration_error, softmax
 from darl_utils.modeling import RelevanceModel, load_backbone
 from darl_utils.training import ProbeSettings, Runtime, predict_logits, train_probe
 
@@ -181,7 +183,8 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
                         lambda *a, **k: extractions.append(k.get("what")) or real(*a, **k))
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=4, alphas=[0.0, 0.5, 0.6, 1.0])
     result = pipeline.run_lpft(cfg)
-    assert extractions == ["features", "features"]  # train and id_val, once each
+    # train and id_val for the probe, id_test and ood_test for LP's predictions: once each
+    assert extractions == ["features"] * 4
     sweep = {s["alpha"]: s for s in result["sweep"]}
     assert sorted(sweep) == [0.0, 0.5, 0.6, 1.0]
     assert result["alpha_star"] == max(sweep, key=lambda a: (sweep[a]["id_val"]["macro_f1"], -a))
@@ -199,7 +202,7 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
     # a rerun of the same settings: nothing trained, nothing extracted
     monkeypatch.setattr(pipeline, "train_model", lambda *a, **k: pytest.fail("trained again"))
     again = pipeline.run_lpft(cfg)
-    assert again["sweep"] == result["sweep"] and extractions == ["features", "features"]
+    assert again["sweep"] == result["sweep"] and extractions == ["features"] * 4
     # a new alpha list re-evaluates the stored weights without training
     more = pipeline.run_lpft(replace(cfg, alphas=[0.0, 0.3, 1.0]))
     assert [s["alpha"] for s in more["sweep"]] == [0.0, 0.3, 1.0]
@@ -210,6 +213,27 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
     monkeypatch.setattr(features_module, "predict_logits", lambda *a, **k: pytest.fail("features extracted twice"))
     other = pipeline.run_lpft(replace(cfg, lp_lr=3e-3, epochs=1))
     assert other["lp_fit"] != result["lp_fit"]
+
+
+def test_lpft_logits_read_off_features_and_training_equal_a_full_pass(pairs_csv, tiny_encoder, tmp_path):
+    """LP's logits come from the cached pretrained features, theta_FT's id_val logits from training's last
+    evaluation: both are a forward pass of the stored weights, bit for bit."""
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=3, alphas=[0.0, 1.0])
+    result = pipeline.run_lpft(cfg)
+    saved = load_numpy(results.cached_path(result["predictions"]))
+    backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
+    model, parts = RelevanceModel(backbone, kind), pipeline.sized_parts(pipeline.prepare_split(cfg), cfg)
+
+    def probs(part: str) -> np.ndarray:
+        data = pipeline.encode(parts[part], tokenizer, kind, cfg.max_length)
+        return softmax(predict_logits(model, data, tokenizer, cfg.eval_batch_size, Runtime())).astype(np.float32)
+
+    [head] = (tmp_path / "cache" / "runs").glob("lp-*/head.safetensors")
+    model.head.load_state_dict(load_torch(str(head)))
+    for part in results.EVAL_PARTS:
+        assert np.array_equal(saved[f"alpha=0/{part}/probs"], probs(part)), part
+    model.load_state_dict(load_torch(str(results.cached_path(result["checkpoint"]) / "model.safetensors")))
+    assert np.array_equal(saved["alpha=1/id_val/probs"], probs("id_val"))
 
 
 def test_ft_with_occ_and_label_smoothing_are_named_and_less_confident(pairs_csv, tiny_encoder, tmp_path):

@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 from safetensors.torch import load_model
 
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError, RunConfig
+from darl_utils.metrics import softmax
 from darl_utils.modeling import RelevanceModel, load_backbone
 from darl_utils.pipeline import LPFT_ONLY, encode, prepare_split, run_folder, run_ft, sized_parts
 from darl_utils.results import cached_path
-from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
+from darl_utils.training import BestKeeper, Encoded, Runtime, TrainSettings, predict_logits, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,30 @@ def test_same_seed_same_result(pairs_csv, tiny_encoder, tmp_path):
     a, b = run_ft(cfg), run_ft(replace(cfg, reuse=False))  # reuse=False: train again, not read the cache
     assert a["id_test"] == b["id_test"] and a["param_checksums"] == b["param_checksums"]
     assert b["finished"] >= a["finished"] and Path(b["checkpoint"]) == Path(a["checkpoint"])
+
+
+def test_ft_keeps_the_id_val_logits_of_the_weights_it_keeps(pairs_csv, tiny_encoder, tmp_path):
+    """The evaluation reuses training's id_val logits: they must be those of the kept (best) weights."""
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=4, patience=4)
+    result = run_ft(cfg)
+    backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
+    model = RelevanceModel(backbone, kind)
+    load_model(model, str(cached_path(result["checkpoint"]) / "model.safetensors"))
+    data = encode(sized_parts(prepare_split(cfg), cfg)["id_val"], tokenizer, kind, cfg.max_length)
+    expected = softmax(predict_logits(model, data, tokenizer, cfg.eval_batch_size, Runtime())).astype(np.float32)
+    assert np.array_equal(load_file(cached_path(result["predictions"]))["id_val/probs"], expected)
+
+
+def test_best_keeper_keeps_the_best_epochs_weights_and_logits():
+    keeper, module = BestKeeper(patience=2), torch.nn.Linear(2, 2)
+    best = module.weight.detach().clone()
+    assert not keeper.stop_after(0.5, module, np.array([1.0]))
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    assert not keeper.stop_after(0.4, module, np.array([2.0]))
+    assert keeper.stop_after(0.5, module, np.array([3.0]))  # a tie is no gain: two epochs without one, stop
+    keeper.restore(module)
+    assert torch.equal(module.weight, best) and keeper.logits.tolist() == [1.0]
 
 
 def test_two_processes_gloo(pairs_csv, tiny_encoder, tmp_path):

@@ -6,10 +6,11 @@ inference samples from the split's real part sizes, and the time at measured (or
         --train-rate 15000 --infer-rate 40000 --overhead 15                       # rates from a GPU run of
                                                                                    # benchmarks/throughput.py
 
-A run another notebook already trained with the same settings is counted once (the cache shares it); an LPFT
-run counts its alpha sweep (every alpha on id_val, id_test and ood_test) and its probe's features. Training
-counts every epoch (early stopping can only make it shorter), inference the id_val pass after each epoch and the
-three test parts at the end; DASA's source model scores train and both pools once per seed and representation
+A run another notebook already trained with the same settings is counted once (the cache shares it). Training
+counts every epoch (early stopping can only make it shorter), inference every backbone pass: id_val after each
+epoch, then id_test and ood_test (id_val's logits come from training). An LPFT run adds its probe's pretrained
+features (train and the three evaluated parts; LP's logits are read off them) and each alpha strictly between 0
+and 1 on all three parts. DASA's source model scores train and both pools once per seed and representation
 pass. `--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
 The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
 smoke-profile report trains.
@@ -103,12 +104,15 @@ def part_sizes(cfg: RunConfig) -> dict[str, int]:
 
 
 def run_samples(kind: str, cfg: RunConfig, sizes: dict[str, int]) -> tuple[int, int]:
-    """(training samples, inference samples) of one run."""
+    """(training samples, inference samples) of one run: the samples its backbone passes see (tests/test_benchmarks.py
+    counts them in real runs)."""
     train = sizes["train"] + (sizes["added"] if cfg.augment != "none" else 0)
-    tests = sizes["id_val"] + sizes["id_test"] + sizes["ood_test"]
+    tests = sizes["id_test"] + sizes["ood_test"]
     inference = cfg.epochs * sizes["id_val"] + tests
     if kind == "lpft":
-        inference += train + sizes["id_val"] + len(set(cfg.alphas) | {0.0}) * tests - tests
+        probe = train + sizes["id_val"] + tests  # pretrained features; LP's logits are read off them
+        sweep = len(set(cfg.alphas) - {0.0, 1.0}) * (sizes["id_val"] + tests)
+        inference += probe + sweep - (0 if 1.0 in cfg.alphas else tests)  # theta_FT is tested only at alpha 1
     return cfg.epochs * train, inference
 
 

@@ -2,7 +2,13 @@
 import runpy
 import sys
 
-from test_training import ROOT
+import pytest
+import torch
+
+from darl_utils import pipeline
+from darl_utils.modeling import RelevanceModel
+
+from test_training import ROOT, tiny_config
 
 
 def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_path, monkeypatch, capsys):
@@ -26,3 +32,21 @@ def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsy
     assert [r["part"] for r in rows] == ["train", "id_val", "id_test", "ood_test"]
     assert all(r["pairs"] > 0 and min(r["tokenise_s"], r["write_s"], r["read_s"]) >= 0 for r in rows)
     assert "tokenise s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, alphas", [("ft", [0.0, 1.0]), ("lpft", [0.0, 0.5, 1.0]), ("lpft", [0.0, 0.3, 0.6])])
+def test_the_budget_counts_the_samples_a_run_passes_through_its_backbone(kind, alphas, pairs_csv, tiny_encoder,
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    seen = {"train": 0, "inference": 0}
+    real = RelevanceModel.hidden_states
+
+    def counting(self, input_ids, *args, **kwargs):
+        seen["train" if torch.is_grad_enabled() else "inference"] += len(input_ids)
+        return real(self, input_ids, *args, **kwargs)
+    monkeypatch.setattr(RelevanceModel, "hidden_states", counting)
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=2, patience=0, alphas=alphas)
+    result = (pipeline.run_ft if kind == "ft" else pipeline.run_lpft)(cfg)
+    budget = runpy.run_path(str(ROOT / "benchmarks" / "study_budget.py"))
+    train, inference = budget["run_samples"](kind, cfg, {**result["sizes"], "added": 0})
+    assert (seen["train"], seen["inference"]) == (train, inference)

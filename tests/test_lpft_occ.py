@@ -216,7 +216,7 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
 
 
 def test_lpft_logits_read_off_features_and_training_equal_a_full_pass(pairs_csv, tiny_encoder, tmp_path):
-    """LP's logits come from the cached pretrained features, theta_FT's id_val logits from training's last
+    """LP's logits come from the cached pretrained features, theta_FT's id_val logits from training's
     evaluation: both are a forward pass of the stored weights, bit for bit."""
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=3, alphas=[0.0, 1.0])
     result = pipeline.run_lpft(cfg)

@@ -79,7 +79,7 @@ def socket_kernel_manager():
             return os.path.join(folder, f"darl-kernel-{uuid.uuid4().hex[:12]}")
 
         async def _async_interrupt_kernel(self):
-            if not self.shutting_down:
+            if not getattr(self, "shutting_down", False):  # the flag is jupyter_client 7's; older ones interrupt
                 await super()._async_interrupt_kernel()
 
     return SocketKernelManager

@@ -323,34 +323,11 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
     model = ctx.new_model()
     lp_fit = linear_probe(model, ctx)
     theta_lp = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    lp_logits, ft_known = probe_logits(model, ctx), {}
-    if broadcast(cfg.reuse and (folder / "model.safetensors").exists()):  # one decision for every process
-        theta_ft = load_torch(str(folder / "model.safetensors"))
-        ft_fit = json.loads((folder / "ft_fit.json").read_text())
-    else:
-        # The probed head is no longer random: by default it trains at the backbone's rate (head_lr is for
-        # fresh heads); lpft_head_lr gives it its own.
-        settings = replace(cfg.train_settings(), head_lr=cfg.lpft_head_lr)
-        fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings, ctx.runtime,
-                          loss_fn=stage_loss(cfg, "ft"))
-        ft_fit, ft_known = fit.record, {"id_val": fit.id_val_logits}
-        theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if ctx.runtime.main:  # the weights last: their presence means the FT stage is complete
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / "ft_fit.json", lambda name: Path(name).write_text(json.dumps(ft_fit)))
-            atomic_write(folder / "model.safetensors", lambda name: save_torch(theta_ft, name))
+    lp_logits = probe_logits(model, ctx)
+    theta_ft, ft_fit, ft_known = _fine_tune_stage(model, ctx, folder)
     result = None
     if ctx.runtime.main:
-        sweep, tensors = [], {}
-        for alpha in sorted(set(cfg.alphas) | {0.0}):
-            if alpha == 0:
-                logits = lp_logits
-            else:  # theta(1) is theta_FT exactly (lerp), so training's id_val logits hold for it
-                model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
-                logits = predict_parts(model, ctx, known=ft_known if alpha == 1 else None)
-            tensors.update(prediction_tensors(logits, ctx, prefix=f"alpha={alpha:g}/"))
-            sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
-        atomic_write(folder / "predictions.safetensors", lambda name: save_file(tensors, name))
+        sweep = _alpha_sweep(model, ctx, theta_lp, theta_ft, lp_logits, ft_known, folder)
         alpha_star = choose_alpha([s for s in sweep if s["alpha"] in cfg.alphas])
         best = next(s for s in sweep if s["alpha"] == alpha_star)
         result = {**base_record(method, ctx, folder, started), "lp_fit": lp_fit, "fit": ft_fit,
@@ -359,6 +336,41 @@ def _train_lpft(cfg: RunConfig, method: str, folder: Path) -> dict:
         publish(result, cfg.out_dir)
     wait_for_everyone()  # the process group itself is closed by the command line, once
     return result
+
+
+def _fine_tune_stage(model: RelevanceModel, ctx: Context, folder: Path) -> tuple[dict, dict, dict]:
+    """theta_FT from the probed head: from the cache, or trained and stored. Returns it, its fit record and the
+    logits training already computed for it (id_val; none when read from the cache)."""
+    cfg = ctx.cfg
+    if broadcast(cfg.reuse and (folder / "model.safetensors").exists()):  # one decision for every process
+        return load_torch(str(folder / "model.safetensors")), json.loads((folder / "ft_fit.json").read_text()), {}
+    # The probed head is no longer random: by default it trains at the backbone's rate (head_lr is for fresh
+    # heads); lpft_head_lr gives it its own.
+    settings = replace(cfg.train_settings(), head_lr=cfg.lpft_head_lr)
+    fit = train_model(model, ctx.encoded("train"), ctx.encoded("id_val"), ctx.tokenizer, settings, ctx.runtime,
+                      loss_fn=stage_loss(cfg, "ft"))
+    theta_ft = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if ctx.runtime.main:  # the weights last: their presence means the FT stage is complete
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "ft_fit.json", lambda name: Path(name).write_text(json.dumps(fit.record)))
+        atomic_write(folder / "model.safetensors", lambda name: save_torch(theta_ft, name))
+    return theta_ft, fit.record, {"id_val": fit.id_val_logits}
+
+
+def _alpha_sweep(model: RelevanceModel, ctx: Context, theta_lp: dict, theta_ft: dict, lp_logits: dict,
+                 ft_known: dict, folder: Path) -> list[dict]:
+    """Every alpha of cfg.alphas, and 0, evaluated on every part; the predictions saved (process 0)."""
+    sweep, tensors = [], {}
+    for alpha in sorted(set(ctx.cfg.alphas) | {0.0}):
+        if alpha == 0:
+            logits = lp_logits
+        else:  # theta(1) is theta_FT exactly (lerp), so training's id_val logits hold for it
+            model.load_state_dict(interpolate(theta_lp, theta_ft, alpha))
+            logits = predict_parts(model, ctx, known=ft_known if alpha == 1 else None)
+        tensors.update(prediction_tensors(logits, ctx, prefix=f"alpha={alpha:g}/"))
+        sweep.append({"alpha": alpha, **evaluate(logits, ctx)})
+    atomic_write(folder / "predictions.safetensors", lambda name: save_file(tensors, name))
+    return sweep
 
 
 def _store(result: dict, folder: Path) -> None:

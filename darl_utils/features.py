@@ -26,9 +26,12 @@ def text_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def feature_path(model_id: str, frame: pd.DataFrame, max_length: int, precision: str = "cpu-float32"):
-    """`precision` (runtime.precision): bf16 features on a GPU and float32 ones on a CPU are not the same."""
-    text = f"{model_id}|{max_length}|{text_hash(frame)}|{precision}|{code_fingerprint()}"
+def feature_path(model_id: str, frame: pd.DataFrame, max_length: int, batch_size: int,
+                 precision: str = "cpu-float32"):
+    """`precision` (runtime.precision): bf16 features on a GPU and float32 ones on a CPU are not the same.
+    `batch_size`: another batching pads differently and may round differently, and LP's logits, read off these
+    features, must equal a full pass at the run's own eval_batch_size bit for bit."""
+    text = f"{model_id}|{max_length}|{batch_size}|{text_hash(frame)}|{precision}|{code_fingerprint()}"
     key = hashlib.sha1(text.encode()).hexdigest()[:16]
     return cache_dir() / "features" / f"{key}.safetensors"
 
@@ -37,7 +40,7 @@ def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, 
                     batch_size: int, runtime: Runtime, progress: bool = False) -> np.ndarray:
     """Features (n x hidden, float32) of `frame` (already encoded as `data`) under `model`, from the cache
     when there. `model_id` must change whenever the weights do (a backbone path, a checkpoint folder)."""
-    path = feature_path(model_id, frame, max_length, runtime.precision)
+    path = feature_path(model_id, frame, max_length, batch_size, runtime.precision)
     with main_process_first():  # process 0 computes and writes the entry, the others then read it
         if runtime.main and not path.exists():
             features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")

@@ -56,7 +56,7 @@ def socket_kernel_manager():
     encryption" warning from every kernel on the runner's output. A kernel that is shutting down gets the shutdown
     request without the SIGINT that jupyter_client sends first: on a loaded machine that signal could land before
     the last cell's handler returned and print "KeyboardInterrupt caught in kernel" (a busy kernel is still
-    stopped: SIGTERM, then SIGKILL, after shutdown_wait_time)."""
+    stopped: SIGTERM after half of shutdown_wait_time, SIGKILL at its end)."""
     import tempfile
     import uuid
 

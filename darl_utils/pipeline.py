@@ -277,7 +277,7 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
         fit = _probe(model, ctx, folder, lp_loss)
     head = broadcast({k: v.cpu() for k, v in model.head.state_dict().items()} if ctx.runtime.main else None)
     model.head.load_state_dict(head)
-    model.to(ctx.runtime.device)  # train_probe leaves the head on the CPU; the alpha sweep feeds it device features
+    model.to(ctx.runtime.device)  # train_probe leaves the head on the CPU; fine-tuning goes on with it on the device
     return broadcast(fit)
 
 

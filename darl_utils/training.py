@@ -2,8 +2,8 @@
 
 Several processes are started by `torchrun` or `accelerate launch`, which set RANK / WORLD_SIZE / LOCAL_RANK;
 the loop then shards the training data with a DistributedSampler and averages gradients with DDP (NCCL on GPUs,
-gloo on CPUs). `batch_size` is per process. Every process evaluates id_val in full with the same weights, so
-they take the same early-stopping decision without talking to each other.
+gloo on CPUs). `batch_size` is per process. Every process evaluates id_val in full with the same weights, and all
+take process 0's score (a broadcast), so they make one early-stopping decision.
 """
 from __future__ import annotations
 

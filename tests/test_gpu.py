@@ -1,5 +1,6 @@
 """On a CUDA GPU only (skipped, with the reason, elsewhere): bf16 training agrees with the CPU, LPFT with a cached
-fine-tuned model but a new probe runs on the GPU, one process under torchrun with NCCL, the out-of-memory message.
+fine-tuned model but a new probe runs on the GPU, the head on cached bf16 features gives the full pass's logits,
+one process under torchrun with NCCL, the out-of-memory message.
 
     pytest -m gpu          # on a machine with a CUDA GPU
 """
@@ -15,8 +16,9 @@ import torch
 
 from darl_utils import pipeline
 from darl_utils.results import cached_path
+from darl_utils.training import Runtime
 
-from test_training import ROOT, tiny_config
+from test_training import ROOT, head_and_full_pass_logits, tiny_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none is visible)")]
@@ -47,6 +49,12 @@ def test_lpft_with_a_cached_fine_tuned_model_and_a_new_probe(pairs_csv, tiny_enc
         done.unlink()
     again = pipeline.run_lpft(cfg)  # before the fix: the probed head stayed on the CPU, a device error here
     assert again["alpha_star"] in (0.0, 0.5, 1.0) and again["sweep"][0]["alpha"] == first["sweep"][0]["alpha"]
+
+
+def test_the_head_on_cached_bf16_features_gives_the_full_pass_logits_exactly(tiny_encoder):
+    runtime = Runtime(device=torch.device("cuda", 0))
+    from_features, full = head_and_full_pass_logits(tiny_encoder, runtime, 7)
+    assert full.dtype == np.float32 and np.array_equal(from_features, full)
 
 
 def test_one_process_under_torchrun_with_nccl(pairs_csv, tiny_encoder, tmp_path):

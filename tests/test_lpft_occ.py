@@ -206,7 +206,9 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
     # a new alpha list re-evaluates the stored weights without training
     more = pipeline.run_lpft(replace(cfg, alphas=[0.0, 0.3, 1.0]))
     assert [s["alpha"] for s in more["sweep"]] == [0.0, 0.3, 1.0]
-    assert {s["alpha"]: s for s in more["sweep"]}[1.0]["id_test"] == sweep[1.0]["id_test"]
+    refreshed = {s["alpha"]: s for s in more["sweep"]}[1.0]
+    assert refreshed["id_test"] == sweep[1.0]["id_test"]
+    assert refreshed["id_val"] == sweep[1.0]["id_val"]  # predicted now, taken from training before: the same
     # another LP learning rate trains a new probe, on the features already cached
     monkeypatch.undo()
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))

@@ -115,7 +115,7 @@ def test_the_head_runs_in_float32_under_bf16_autocast(tiny_encoder):
     assert not torch.equal(logits, rounded.float())
 
 
-def test_cached_features_are_keyed_by_device_and_precision():
+def test_cached_features_are_keyed_by_device_precision_and_batch_size():
     import pandas as pd
 
     from darl_utils.features import feature_path
@@ -124,8 +124,11 @@ def test_cached_features_are_keyed_by_device_and_precision():
     frame = pd.DataFrame({"query": QUERIES, "item": ITEMS})
     cuda = Runtime(device=torch.device("cuda", 0))
     assert cuda.precision == "cuda-bfloat16" and Runtime().precision == "cpu-float32"
-    for path in (feature_path, representation_path):
-        assert path("m", frame, 64, Runtime().precision) != path("m", frame, 64, cuda.precision)
+    assert representation_path("m", frame, 64, Runtime().precision) != representation_path("m", frame, 64,
+                                                                                             cuda.precision)
+    assert feature_path("m", frame, 64, 128, Runtime().precision) != feature_path("m", frame, 64, 128, cuda.precision)
+    # LP's logits are read off the features: they must come from the batches a full pass would use
+    assert feature_path("m", frame, 64, 128) != feature_path("m", frame, 64, 256)
 
 
 @pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])

@@ -14,10 +14,18 @@ from safetensors.torch import load_model
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.metrics import softmax
-from darl_utils.modeling import RelevanceModel, load_backbone
+from darl_utils.modeling import RelevanceModel, encode_pairs, load_backbone
 from darl_utils.pipeline import LPFT_ONLY, encode, prepare_split, run_folder, run_ft, sized_parts
 from darl_utils.results import cached_path
-from darl_utils.training import BestKeeper, Encoded, Runtime, TrainSettings, predict_logits, train_model
+from darl_utils.training import (
+    BestKeeper,
+    Encoded,
+    Runtime,
+    TrainSettings,
+    head_logits,
+    predict_logits,
+    train_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,14 +83,37 @@ def test_same_seed_same_result(pairs_csv, tiny_encoder, tmp_path):
 
 def test_ft_keeps_the_id_val_logits_of_the_weights_it_keeps(pairs_csv, tiny_encoder, tmp_path):
     """The evaluation reuses training's id_val logits: they must be those of the kept (best) weights."""
-    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=4, patience=4)
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=5, patience=0, lr=5e-3)
     result = run_ft(cfg)
+    scores = [h["id_val_macro_f1"] for h in result["fit"]["history"]]
+    assert scores.index(max(scores)) < len(scores) - 1  # the kept epoch is not the last: the test can tell them apart
     backbone, tokenizer, kind, _ = load_backbone(cfg.backbone)
     model = RelevanceModel(backbone, kind)
     load_model(model, str(cached_path(result["checkpoint"]) / "model.safetensors"))
     data = encode(sized_parts(prepare_split(cfg), cfg)["id_val"], tokenizer, kind, cfg.max_length)
     expected = softmax(predict_logits(model, data, tokenizer, cfg.eval_batch_size, Runtime())).astype(np.float32)
     assert np.array_equal(load_file(cached_path(result["predictions"]))["id_val/probs"], expected)
+
+
+def head_and_full_pass_logits(backbone: str, runtime: Runtime, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the head on the model's pooled features, the whole model) on 40 pairs of many lengths."""
+    model_backbone, tokenizer, kind, _ = load_backbone(backbone)
+    torch.manual_seed(0)
+    model = RelevanceModel(model_backbone, kind).to(runtime.device)
+    words = "red blue green lamp drill saw fan pipe elbow light".split()
+    queries = [" ".join(words[: 1 + i % 9]) for i in range(40)]
+    items = [" ".join(reversed(words[: 1 + (3 * i) % 10])) + f" {i} in." for i in range(40)]
+    data = Encoded(encode_pairs(tokenizer, queries, items, kind, 32))
+    features = predict_logits(model, data, tokenizer, batch_size, runtime, what="features")
+    return (head_logits(model.head, features, data, batch_size, runtime),
+            predict_logits(model, data, tokenizer, batch_size, runtime))
+
+
+@pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_the_head_on_cached_features_gives_the_full_pass_logits_exactly(which, batch_size, request):
+    from_features, full = head_and_full_pass_logits(request.getfixturevalue(which), Runtime(), batch_size)
+    assert full.shape == (40, 3) and np.array_equal(from_features, full)
 
 
 def test_best_keeper_keeps_the_best_epochs_weights_and_logits():

@@ -8,10 +8,11 @@ inference samples from the split's real part sizes, and the time at measured (or
 
 A run another notebook already trained with the same settings is counted once (the cache shares it). Training
 counts every epoch (early stopping can only make it shorter), inference every backbone pass: id_val after each
-epoch, then id_test and ood_test (id_val's logits come from training). An LPFT run adds its probe's pretrained
-features (train and the three evaluated parts; LP's logits are read off them) and each alpha strictly between 0
-and 1 on all three parts. DASA's source model scores train and both pools once per seed and representation
-pass. `--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
+epoch, then id_test and ood_test (id_val's logits come from training). An LPFT run adds the probe's pretrained
+features not cached by an earlier run (train as it augments it, and the three evaluated parts, off which LP's
+logits are read) and each alpha strictly between 0 and 1 on all three parts. DASA's source model scores train
+and both pools once per seed and representation pass (the selection is then shared by every notebook).
+`--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
 The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
 smoke-profile report trains.
 """
@@ -103,14 +104,21 @@ def part_sizes(cfg: RunConfig) -> dict[str, int]:
     return sizes
 
 
-def run_samples(kind: str, cfg: RunConfig, sizes: dict[str, int]) -> tuple[int, int]:
-    """(training samples, inference samples) of one run: the samples its backbone passes see (tests/test_benchmarks.py
-    counts them in real runs)."""
+def probe_features(cfg: RunConfig, sizes: dict[str, int]) -> dict[str, int]:
+    """The pretrained features an LPFT run reads (pairs per cache entry): train as this run augments it, and the
+    three evaluated parts, which every LPFT run on the same split shares (LP's logits are read off them)."""
+    train = sizes["train"] + (sizes["added"] if cfg.augment != "none" else 0)
+    return {f"train/{cfg.augment}": train, **{p: sizes[p] for p in ("id_val", "id_test", "ood_test")}}
+
+
+def run_samples(kind: str, cfg: RunConfig, sizes: dict[str, int], cached: frozenset = frozenset()) -> tuple[int, int]:
+    """(training samples, inference samples) of one run: the samples its backbone passes see, the probe features
+    named in `cached` (probe_features) being on disk already (tests/test_benchmarks.py counts them in real runs)."""
     train = sizes["train"] + (sizes["added"] if cfg.augment != "none" else 0)
     tests = sizes["id_test"] + sizes["ood_test"]
     inference = cfg.epochs * sizes["id_val"] + tests
     if kind == "lpft":
-        probe = train + sizes["id_val"] + tests  # pretrained features; LP's logits are read off them
+        probe = sum(n for entry, n in probe_features(cfg, sizes).items() if entry not in cached)
         sweep = len(set(cfg.alphas) - {0.0, 1.0}) * (sizes["id_val"] + tests)
         inference += probe + sweep - (0 if 1.0 in cfg.alphas else tests)  # theta_FT is tested only at alpha 1
     return cfg.epochs * train, inference
@@ -118,19 +126,21 @@ def run_samples(kind: str, cfg: RunConfig, sizes: dict[str, int]) -> tuple[int, 
 
 def budget(params: dict[str, dict]) -> list[dict]:
     """One row per notebook: runs, training and inference samples (DASA's scoring included)."""
-    rows, sized = [], {}
+    rows, sized, featured, scored = [], {}, {}, set()  # the caches persist from one notebook to the next
     for name, runs in planned_runs(params).items():
         row = {"notebook": name, "runs": len(runs), "train_samples": 0, "infer_samples": 0}
-        scored = set()
         for kind, cfg in runs:
             key = cfg.key("dataset", "data", "protocol", "split_seed", "seed", "max_train_pairs", "max_eval_pairs",
                           "max_pool_pairs", "dasa_budget")
             sizes = sized.setdefault(key, part_sizes(cfg))
-            train, infer = run_samples(kind, cfg, sizes)
+            on_disk = featured.setdefault(key + cfg.key("backbone", "max_length", "eval_batch_size"), set())
+            train, infer = run_samples(kind, cfg, sizes, frozenset(on_disk))
+            on_disk.update(probe_features(cfg, sizes) if kind == "lpft" else {})
             row["train_samples"] += train
             row["infer_samples"] += infer
-            if cfg.augment != "none" and cfg.seed not in scored:  # the source model scores train and the pools
-                scored.add(cfg.seed)
+            selection = key + cfg.key("backbone", "max_length", "dasa_features")
+            if cfg.augment != "none" and selection not in scored:  # the source model scores train and the pools
+                scored.add(selection)
                 row["infer_samples"] += REPRESENTATION_PASSES * (sizes["train"] + sizes["pool_id"]
                                                                  + sizes["pool_ood"])
         rows.append(row)

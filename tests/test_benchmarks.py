@@ -1,6 +1,7 @@
 """The benchmarks run (a small CPU mode); their figures are for reading, not asserted against targets."""
 import runpy
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -34,10 +35,8 @@ def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsy
     assert "tokenise s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind, alphas", [("ft", [0.0, 1.0]), ("lpft", [0.0, 0.5, 1.0]), ("lpft", [0.0, 0.3, 0.6])])
-def test_the_budget_counts_the_samples_a_run_passes_through_its_backbone(kind, alphas, pairs_csv, tiny_encoder,
-                                                                          tmp_path, monkeypatch):
-    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+def count_backbone_samples(monkeypatch) -> dict[str, int]:
+    """Samples through the backbone from now on, training (grad on) and inference apart."""
     seen = {"train": 0, "inference": 0}
     real = RelevanceModel.hidden_states
 
@@ -45,8 +44,31 @@ def test_the_budget_counts_the_samples_a_run_passes_through_its_backbone(kind, a
         seen["train" if torch.is_grad_enabled() else "inference"] += len(input_ids)
         return real(self, input_ids, *args, **kwargs)
     monkeypatch.setattr(RelevanceModel, "hidden_states", counting)
+    return seen
+
+
+@pytest.mark.parametrize("kind, alphas", [("ft", [0.0, 1.0]), ("lpft", [0.0, 0.5, 1.0]), ("lpft", [0.0, 0.3, 0.6])])
+def test_the_budget_counts_the_samples_a_run_passes_through_its_backbone(kind, alphas, pairs_csv, tiny_encoder,
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    seen = count_backbone_samples(monkeypatch)
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=2, patience=0, alphas=alphas)
     result = (pipeline.run_ft if kind == "ft" else pipeline.run_lpft)(cfg)
     budget = runpy.run_path(str(ROOT / "benchmarks" / "study_budget.py"))
     train, inference = budget["run_samples"](kind, cfg, {**result["sizes"], "added": 0})
     assert (seen["train"], seen["inference"]) == (train, inference)
+
+
+def test_the_budget_counts_the_probe_features_a_second_lpft_run_reads_from_the_cache(pairs_csv, tiny_encoder,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1, alphas=[0.0, 0.5, 1.0])
+    first = pipeline.run_lpft(cfg)
+    seen = count_backbone_samples(monkeypatch)
+    occ = replace(cfg, occ_lambda=0.5, occ_rho=0.1)  # LPFT+OCC: another run on the same features
+    pipeline.run_lpft(occ)
+    budget = runpy.run_path(str(ROOT / "benchmarks" / "study_budget.py"))
+    sizes = {**first["sizes"], "added": 0}
+    cached = frozenset(budget["probe_features"](cfg, sizes))
+    assert (seen["train"], seen["inference"]) == budget["run_samples"]("lpft", occ, sizes, cached)
+    assert budget["run_samples"]("lpft", occ, sizes, cached)[1] < budget["run_samples"]("lpft", occ, sizes)[1]

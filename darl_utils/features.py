@@ -1,9 +1,9 @@
-"""Pooled features of a model for a part of the data, extracted once and cached (LP trains on them; DASA
-scores them).
+"""Pooled features of a model for a part of the data, extracted once and cached (LP trains on them and its
+logits are read off them; DASA scores them).
 
-The cache key is the model's identity, the text settings and a hash of the pairs' text, so any change to the
-data, the split, the sub-sample or the model gives a new entry, and nothing stale is ever read. Labels are not
-stored: the pool's labels must stay hidden until DASA selects.
+The cache key is the model's identity, the text settings, the batch size, the precision and a hash of the pairs'
+text, so any change to the data, the split, the sub-sample or the model gives a new entry, and nothing stale is
+ever read. Labels are not stored: the pool's labels must stay hidden until DASA selects.
 """
 from __future__ import annotations
 

@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .distributed import broadcast, is_main_process, joined, world_size
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .distributed import broadcast, is_main_process, joined, main_process_first, world_size
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
@@ -141,6 +144,17 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
         raise CacheWriteError(e.errno, f"cannot write {path.name} into the cache ({why}); free space under "
                                        f"{path.parent.parent} or point DARL_CACHE elsewhere, then rerun: "
                                        "finished runs are kept") from None
+
+
+def computed_once(path: Path, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
+    """A cache entry of named arrays (safetensors) computed once: process 0 computes it and writes it whole, the
+    others then read it. Every process of a job must call this (they meet in main_process_first)."""
+    with main_process_first():
+        if is_main_process() and not path.exists():
+            arrays = {k: np.ascontiguousarray(v) for k, v in compute().items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda name: save_file(arrays, name))
+    return load_file(str(path))
 
 
 def weights_tag(backbone: str) -> str:

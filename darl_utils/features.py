@@ -11,11 +11,9 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file, save_file
 
-from .cache import atomic_write, code_fingerprint
+from .cache import code_fingerprint, computed_once
 from .data import cache_dir
-from .distributed import main_process_first
 from .training import Runtime, predict_logits
 
 
@@ -41,12 +39,8 @@ def cached_features(model, model_id: str, frame: pd.DataFrame, data, tokenizer, 
     """Features (n x hidden, float32) of `frame` (already encoded as `data`) under `model`, from the cache
     when there. `model_id` must change whenever the weights do (a backbone path, a checkpoint folder)."""
     path = feature_path(model_id, frame, max_length, batch_size, runtime.precision)
-    with main_process_first():  # process 0 computes and writes the entry, the others then read it
-        if runtime.main and not path.exists():
-            features = predict_logits(model, data, tokenizer, batch_size, runtime, progress, what="features")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda name: save_file({"features": np.ascontiguousarray(features, np.float32)}, name))
-    features = load_file(str(path))["features"]
+    features = computed_once(path, lambda: {"features": predict_logits(
+        model, data, tokenizer, batch_size, runtime, progress, what="features").astype(np.float32)})["features"]
     if len(features) != len(frame):
         raise RuntimeError(f"feature cache {path.name} holds {len(features)} rows for {len(frame)} pairs")
     return features

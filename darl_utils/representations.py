@@ -19,14 +19,12 @@ import hashlib
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.numpy import load_file, save_file
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .cache import atomic_write, code_fingerprint
+from .cache import code_fingerprint, computed_once
 from .data import cache_dir
-from .distributed import main_process_first
 from .features import text_hash
 from .modeling import Collator, encode_pairs, pool
 from .training import Runtime
@@ -104,12 +102,7 @@ def cached_representations(model, model_id: str, frame: pd.DataFrame, tokenizer,
     """`extract`, from the cache when there (process 0 computes; the others read). `model_id` must change
     whenever the weights do."""
     path = representation_path(model_id, frame, max_length, runtime.precision)
-    with main_process_first():  # process 0 computes and writes the entry, the others then read it
-        if runtime.main and not path.exists():
-            values = extract(model, frame, tokenizer, max_length, batch_size, runtime, progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda name: save_file({k: np.ascontiguousarray(v) for k, v in values.items()}, name))
-    values = load_file(str(path))
+    values = computed_once(path, lambda: extract(model, frame, tokenizer, max_length, batch_size, runtime, progress))
     if len(values["tokens"]) != len(frame):
         raise RuntimeError(f"representation cache {path.name} holds {len(values['tokens'])} rows for {len(frame)}")
     return values

@@ -17,28 +17,22 @@ Every setting of RunConfig (darl_utils/config.py) is an option of the same name 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import re
 import sys
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, _declared_type, item_type
+from .config import ConfigError, RunConfig, _declared_type, item_type, setting_help
 from .data import DataError
 from .modeling import BackboneError
 from .splits import PROTOCOLS
 
 
-def _setting_help() -> dict:
-    """The comment beside each RunConfig field: the one place a setting is explained."""
-    source = inspect.getsource(RunConfig)
-    fields_with_comments = re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#(.*)$", source, re.M)
-    return {m.group(1): m.group(2).strip().replace("%", "%%") for m in fields_with_comments}
+def _help(f) -> str:
+    return setting_help(f).replace("%", "%%")  # argparse formats help with %
 
 
 def _parser() -> argparse.ArgumentParser:
-    helps = _setting_help()
     parser = argparse.ArgumentParser(prog="darl-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,12 +59,12 @@ def _parser() -> argparse.ArgumentParser:
             default = f.default if f.default is not MISSING else f.default_factory()
             flag = "--" + f.name.replace("_", "-")
             if kind is bool:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_help(f))
             elif kind in (dict, list):
                 p.add_argument(flag, type=json.loads if kind is dict else item_type(f),
-                               nargs=None if kind is dict else "*", default=default, help=helps.get(f.name))
+                               nargs=None if kind is dict else "*", default=default, help=_help(f))
             else:
-                p.add_argument(flag, type=kind, default=default, help=f"{helps.get(f.name, '')} (default: {default})")
+                p.add_argument(flag, type=kind, default=default, help=f"{_help(f)} (default: {default})")
         if name == "protocol-gap":
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
             p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)

@@ -235,10 +235,10 @@ LPFT_ONLY = tuple(f.name for f in fields(RunConfig) if f.metadata["lpft_only"]) 
 def setting_help(f) -> str:
     """A field's help text with its range, for --help."""
     within = f.metadata["within"]
-    return f.metadata["help"] + (f"; {_range_words(within)}" if within else "")
+    return f.metadata["help"] + (f"; {range_words(within)}" if within else "")
 
 
-def _range_words(within: str) -> str:
+def range_words(within: str) -> str:
     return f"must be {within}" if within.startswith(">") else f"must be in {within}"
 
 
@@ -254,7 +254,7 @@ def _check_field(f, value) -> None:
         raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}"
                           + (f"; did you mean {near[0]!r}?" if near else ""))
     if f.metadata["within"] and not in_range(value, f.metadata["within"]):
-        raise ConfigError(f"{f.name}: {value!r} {_range_words(f.metadata['within'])}")
+        raise ConfigError(f"{f.name}: {value!r} {range_words(f.metadata['within'])}")
 
 
 TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}

@@ -11,11 +11,20 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, type_matches
+from .config import ConfigError, RunConfig, in_range, range_words, type_matches
 from .data import project_root
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SOCKET_FOLDER_LIMIT = 70  # room for "/darl-kernel-<12 hex>-<n>" within a Unix socket path's ~107 bytes
+# The ranges of the parameters that notebooks take beyond RunConfig's settings, or narrower than RunConfig's, by
+# name wherever a notebook declares one (a list's items each): checked by the runner before the first notebook
+# starts, and by each notebook's own setup cell.
+NOTEBOOK_RANGES = {"n_examples": ("[0, 20]", "example pairs shown per part"),
+                   "umap_points": (">= 0", "points on the UMAP map; 0 draws none"),
+                   "top_pairs": (">= 0", "selected pairs listed"),
+                   "rho_sweep": ("(0, 1)", "each an OCC rho"),
+                   "occ_lambda": ("> 0", "to test OCC"),
+                   "occ_rho": ("(0, 1)", "to test OCC")}
 
 
 def declared_parameters(notebook: str | Path) -> dict:
@@ -112,7 +121,20 @@ def setup(namespace: dict, reserved: tuple = ()) -> tuple[RunConfig, list[int]]:
     os.chdir(project_root())
     names = {f.name for f in fields(RunConfig)} - set(reserved)
     values = {**{k: v for k, v in namespace.items() if k in names}, "progress": False}
-    return config_from_parameters(values, namespace.get("settings", {}), reserved), check_seeds(namespace["seeds"])
+    cfg = config_from_parameters(values, namespace.get("settings", {}), reserved)
+    check_ranges(namespace)
+    return cfg, check_seeds(namespace["seeds"])
+
+
+def check_ranges(parameters: dict) -> None:
+    """The parameters of NOTEBOOK_RANGES among `parameters` (others are ignored), and `seeds` if given."""
+    for name, (within, why) in NOTEBOOK_RANGES.items():
+        value = parameters.get(name, [])
+        for item in value if isinstance(value, list) else [value]:
+            if not in_range(item, within):
+                raise ConfigError(f"{name}: {item!r} {range_words(within)} ({why})")
+    if "seeds" in parameters:
+        check_seeds(parameters["seeds"])
 
 
 def check_seeds(seeds) -> list[int]:

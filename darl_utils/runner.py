@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig
-from .notebooks import NOTEBOOKS, check_parameters, check_seeds, declared_parameters, run_notebook, study_config
+from .notebooks import NOTEBOOKS, check_parameters, check_ranges, declared_parameters, run_notebook, study_config
 
 # Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
 # notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
@@ -88,14 +88,14 @@ def resolve(spec: dict, notebooks: list[Path], out: Path) -> dict[Path, dict]:
 
 
 def check_values(notebook: Path, params: dict) -> None:
-    """Range checks before anything runs: the settings a RunConfig knows, validated as one; seeds."""
+    """Range checks before anything runs: the settings a RunConfig knows, validated as one; then the notebook's own
+    parameters (NOTEBOOK_RANGES, seeds)."""
     known = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in params.items() if k in known and k != "out_dir"}  # validate() would create it
     values.update(params.get("settings", {}))
     try:
         RunConfig.from_dict(values).validate()
-        if "seeds" in params:
-            check_seeds(params["seeds"])
+        check_ranges(params)
     except ConfigError as e:
         raise ConfigError(f"{notebook.name}: {e}") from None
 

@@ -39,6 +39,11 @@ def profile_file(tmp_path, spec) -> str:
     ({"04_occ_calibration": {"occ_rho": "high"}}, r"parameter 'occ_rho' = 'high' is a str, expected float"),
     ({"all": {"seeds": [0, 0]}}, r"02_ood_detection.ipynb: seeds: \[0, 0\] must be a non-empty list of distinct"),
     ({"all": {"data": "no/such/file.csv"}}, r"01_data.ipynb: data: no/such/file.csv does not exist"),
+    # a notebook's own parameters, checked before the first notebook too, not when their notebook comes
+    ({"01_data": {"n_examples": 21}}, r"01_data.ipynb: n_examples: 21 must be in \[0, 20\]"),
+    ({"02_ood_detection": {"umap_points": -5}}, r"02_ood_detection.ipynb: umap_points: -5 must be >= 0"),
+    ({"04_occ_calibration": {"rho_sweep": [0.1, 1.5]}}, r"04_occ_calibration.ipynb: rho_sweep: 1.5 must be in"),
+    ({"all": {"occ_lambda": 0.0}}, r"04_occ_calibration.ipynb: occ_lambda: 0.0 must be > 0 \(to test OCC\)"),
 ])
 def test_a_bad_profile_stops_before_any_notebook(tmp_path, spec, message, monkeypatch):
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))

@@ -148,8 +148,10 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 
 def computed_once(path: Path, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
     """A cache entry of named arrays (safetensors) computed once: process 0 computes it and writes it whole, the
-    others then read it. Every process of a job must call this (they meet in main_process_first)."""
-    with main_process_first():
+    others then read it; another job that wants the same entry meanwhile (a second notebook, say) waits for it
+    instead of computing it too. Every process of a job must call this (they meet in the lock and in
+    main_process_first)."""
+    with entry_lock(path), main_process_first():
         if is_main_process() and not path.exists():
             arrays = {k: np.ascontiguousarray(v) for k, v in compute().items()}
             path.parent.mkdir(parents=True, exist_ok=True)

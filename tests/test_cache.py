@@ -93,3 +93,28 @@ def test_a_minilm_stand_in_gets_its_own_run_keys(tmp_path, monkeypatch, pairs_cs
     assert weights_tag("minilm") == weights_tag("all-MiniLM-L6-v2") == "|minilm-weights=10"
     assert run_folder("FT", cfg) != before
     assert weights_tag(str(tmp_path / "other-model")) == ""
+
+
+def test_two_jobs_wanting_one_entry_compute_it_once(tmp_path):
+    """The second caller waits on the entry's lock, then reads what the first one wrote."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from darl_utils.cache import computed_once
+    calls, results = [], []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one computes
+        return {"features": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+    path = tmp_path / "features" / "entry.safetensors"
+    workers = [threading.Thread(target=lambda: results.append(computed_once(path, compute))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(calls) == 1
+    assert len(results) == 2 and all(np.array_equal(r["features"], results[0]["features"]) for r in results)

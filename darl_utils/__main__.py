@@ -128,8 +128,8 @@ def draw_umaps(path: str, out: str | None) -> int:
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
-    from .dasa import umap_from_inputs
     from .figures import plot_umap
+    from .umap_map import umap_from_inputs
     for found in inputs:
         try:
             fig = plot_umap(umap_from_inputs(found))

@@ -27,7 +27,7 @@ from .distributed import broadcast, is_main_process, joined, main_process_first,
 
 # the modules whose code decides a cached number (docs/STUDY.md section 7)
 COMPUTING_MODULES = ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood",
-                     "dasa", "features", "representations", "pipeline", "cache", "distributed", "tokens")
+                     "dasa", "features", "representations", "pipeline", "cache", "distributed", "tokens", "umap_map")
 PACKAGE = Path(__file__).resolve().parent
 
 

@@ -57,9 +57,9 @@ def test_prose_runner_and_rendering_keep_the_fingerprint(package_copy, module, o
 
 def test_the_fingerprint_covers_the_computing_modules():
     for name in ("data", "splits", "modeling", "training", "losses", "metrics", "interpolation", "ood", "dasa",
-                 "features", "pipeline"):
+                 "features", "pipeline", "umap_map"):
         assert name in COMPUTING_MODULES and (PACKAGE / f"{name}.py").exists()
-    assert "runner" not in COMPUTING_MODULES and "reports" not in COMPUTING_MODULES
+    assert "runner" not in COMPUTING_MODULES and "index_page" not in COMPUTING_MODULES
 
 
 def test_every_cache_key_moves_with_the_code(pairs_csv, tmp_path, monkeypatch):

@@ -111,7 +111,7 @@ def test_a_missing_darl_minilm_folder_is_named(monkeypatch, tmp_path):
 def test_without_umap_learn_the_maps_inputs_are_saved_and_drawn_later(tmp_path, monkeypatch, capsys):
     from safetensors.numpy import save_file
 
-    from darl_utils import dasa
+    from darl_utils import umap_map
     from darl_utils.__main__ import main as cli
     rng, n = np.random.default_rng(0), 30
     folder = tmp_path / "dasa-selection"
@@ -124,12 +124,12 @@ def test_without_umap_learn_the_maps_inputs_are_saved_and_drawn_later(tmp_path, 
         save_file({"query_first": rng.normal(size=(size, 8)).astype(np.float32)}, features[part])
     record = {"folder": str(folder), "features": features, "settings": {"dasa_features": "query_first"}}
     monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` raises ImportError, as on the node
-    with pytest.raises(dasa.UmapUnavailable, match=r"^umap-learn is not installed here \(.*\), so no map: its inputs "
-                                                    r"are saved as umap-inputs-10-0.safetensors .*`darl-study umap"):
-        dasa.umap_embedding(record, per_group=10, seed=0)
+    saved = r"^umap-learn is not installed here \(.*\), so no map: its inputs are saved as umap-inputs-10-0"
+    with pytest.raises(umap_map.UmapUnavailable, match=saved + r".safetensors .*`darl-study umap"):
+        umap_map.umap_embedding(record, per_group=10, seed=0)
     assert not (folder / "umap-10-0.safetensors").exists()
     monkeypatch.delitem(sys.modules, "umap")
-    frame = dasa.umap_from_inputs(folder / "umap-inputs-10-0.safetensors")
+    frame = umap_map.umap_from_inputs(folder / "umap-inputs-10-0.safetensors")
     assert frame["group"].value_counts().to_dict() == {"train": 10, "pool_id": 10, "ood_test": 10, "pool_ood": 10,
                                                        "selected": 6}
     assert cli(["umap", str(tmp_path), "--out", str(tmp_path / "maps")]) == 0

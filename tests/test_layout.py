@@ -55,3 +55,10 @@ def test_one_module_talks_between_processes():
     talkers = [p.stem for p in PACKAGE.glob("*.py")
                if any(s in p.read_text() for s in ("torch.distributed", '"RANK"', '"WORLD_SIZE"', '"LOCAL_RANK"'))]
     assert talkers == ["distributed"]
+
+
+def test_the_readme_layout_names_every_module():
+    layout = (PACKAGE.parent / "README.md").read_text().split("## Layout")[1].split("```")[1]
+    named = set(layout.replace("·", " ").split())
+    for module in sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"):
+        assert module in named, f"{module} is missing from the README's layout"

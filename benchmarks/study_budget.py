@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -29,7 +30,7 @@ from darl_utils import pipeline
 from darl_utils.config import LPFT_ONLY, RunConfig
 from darl_utils.dasa import budget_size, unlabelled_pool
 from darl_utils.notebooks import declared_parameters, study_config
-from darl_utils.runner import load_profile, resolve, study_notebooks
+from darl_utils.runner import load_profile, resolve, study_notebooks, with_synthetic_assets
 
 REPRESENTATION_PASSES = 2  # DASA's representations: one pass over the pairs, one over the queries alone (upper bound)
 
@@ -165,7 +166,7 @@ def measured_rates(cfg: RunConfig, steps: int = 4) -> tuple[float, float]:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--profile", default="full", help="smoke | quick | full | a YAML file")
     parser.add_argument("--data", default="", help="the data file (else DARL_DATA)")
     parser.add_argument("--train-rate", type=float, default=0, help="training samples/s (0: measure here)")
@@ -173,6 +174,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--overhead", type=float, default=12.0, help="seconds per notebook outside the runs")
     args = parser.parse_args(argv)
     name, spec = load_profile(args.profile)
+    spec = with_synthetic_assets(spec, Path(tempfile.mkdtemp(prefix="darl-budget-")))  # smoke: its tiny model
     if args.data:
         spec.setdefault("all", {})["data"] = args.data
     params = notebook_parameters(spec)

@@ -1,7 +1,8 @@
 """Command line: `python -m darl_utils COMMAND [--setting value ...]` (also installed as `darl-study`).
 
     darl-study ft --data train.csv.gz                 # FT baseline: prints and saves ID/OOD macro-F1
-    darl-study ft --data ... --occ-lambda 0.5         # FT+OCC (add --occ-direction forward: label smoothing)
+    darl-study ft --data ... --occ-lambda 0.5         # FT+OCC (--occ-direction forward: FT+fKL, its control;
+                                                      # with --occ-prior uniform too: label smoothing)
     darl-study lpft --data ...                        # LP, LPFT and the alpha sweep; alpha* on id_val
     darl-study ft --data ... --augment dasa           # FT+DASA: train plus the pool pairs DASA selects
     darl-study lpft --data ... --augment dasa --occ-lambda 0.5  # DaRL: DASA, then LPFT with OCC
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC; forward: FT+fKL or FT+LS)",
                 "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation",
-                "split": "build, save and summarise the split",
+                "split": "build, save and summarise the split of all the data (the --max-*-pairs limits apply to "
+                         "the runs, not to the split)",
                 "select": "build the augmented train set (--augment dasa|random|oracle|length_matched) and print "
                           "what was added, with every candidate representation's detector quality",
                 "protocol-gap": "FT under every protocol and seed; prints the ID-OOD gaps"}
@@ -55,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text)
         for f in fields(RunConfig):
+            if name == "protocol-gap" and f.name in ("protocol", "seed"):
+                continue  # it runs every protocol and seed of --protocols and --seeds
             kind = _declared_type(f)
             default = f.default if f.default is not MISSING else f.default_factory()
+            if name == "protocol-gap" and f.name == "out_dir":
+                default = "reports/protocol-gap"  # where notebook 01 reads the gaps
             flag = "--" + f.name.replace("_", "-")
             if kind is bool:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_help(f))
@@ -66,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument(flag, type=kind, default=default, help=f"{_help(f)} (default: {default})")
         if name == "protocol-gap":
-            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-            p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                           help="one FT run per seed and protocol (default: 0 1 2)")
+            p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS,
+                           help=f"the protocols compared (default: {' '.join(PROTOCOLS)})")
     return parser
 
 
@@ -102,11 +110,13 @@ def main(argv=None) -> int:
             if result:
                 print(pipeline.summary_line(result))
         else:
-            for protocol in protocols:
-                for seed in seeds:
-                    result = pipeline.run_ft(replace(cfg, protocol=protocol, seed=seed))
-                    if result:  # None on processes other than the first
-                        print(pipeline.summary_line(result), flush=True)
+            runs = [replace(cfg, protocol=protocol, seed=seed) for protocol in protocols for seed in seeds]
+            for run in runs:
+                pipeline.prepare_split(run)  # an empty part under any protocol, before the first run trains
+            for run in runs:
+                result = pipeline.run_ft(run)
+                if result:  # None on processes other than the first
+                    print(pipeline.summary_line(result), flush=True)
     except (ConfigError, DataError, BackboneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

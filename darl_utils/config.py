@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from .data import HOMEDEPOT_SCHEMES
 from .losses import DIRECTIONS, PRIORS, check_occ
-from .modeling import BackboneError, resolve_backbone
+from .modeling import BackboneError, check_backbone
 from .ood import COMBINATIONS, KNN_SEARCHES
 from .representations import REPRESENTATIONS
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
@@ -47,6 +48,8 @@ def setting(default, help: str, *, choices=(), within: str = "", running: bool =
 
 def in_range(value, within: str) -> bool:
     """Whether value lies in `within`: "[a, b]" with [ or ( and ] or ) for closed or open ends, or ">= a", "> a"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # NaN and infinity are in no range here
     if within.startswith(">"):
         op, bound = within.split()
         return value >= float(bound) if op == ">=" else value > float(bound)
@@ -113,7 +116,8 @@ class RunConfig:
     occ_rho: float = setting(0.1, "prior mass moved off the gold degree", within="[0, 1)")
     occ_prior: str = setting("ordinal", "ordinal (spread by closeness on the degree scale) | uniform",
                              choices=PRIORS)
-    occ_direction: str = setting("reverse", "reverse = KL(p || q), OCC | forward = KL(q || p), label smoothing",
+    occ_direction: str = setting("reverse", "reverse = KL(p || q), OCC | forward = KL(q || p): OCC's control "
+                                 "(FT+fKL) with the ordinal prior, label smoothing (FT+LS) with the uniform one",
                                  choices=DIRECTIONS)
     occ_stage: str = setting("ft", "where LPFT uses the OCC loss: lp | ft | both (plain FT uses it unless lp)",
                              choices=("lp", "ft", "both"))
@@ -145,7 +149,8 @@ class RunConfig:
     def data_path(self) -> Path:
         where = self.data or os.environ.get("DARL_DATA", "")
         if not where:
-            raise ConfigError("data: no data location; pass --data PATH or set DARL_DATA")
+            raise ConfigError("data: no data location; pass --data PATH (in a profile or a notebook: data: PATH) "
+                              "or set DARL_DATA")
         return Path(where).expanduser()
 
     def split_config(self) -> SplitConfig:
@@ -213,8 +218,7 @@ class RunConfig:
         if not os.access(out, os.W_OK):
             raise ConfigError(f"out_dir: {self.out_dir!r} is not writable")
         try:
-            if self.backbone.lower() != "smollm2":  # smollm2 converts on first use: not a check
-                resolve_backbone(self.backbone)
+            check_backbone(self.backbone, self.max_length)
         except BackboneError as e:
             raise ConfigError(str(e)) from None
 

@@ -12,6 +12,7 @@ Built-in offline backbones, installed from PyPI by the project's install step:
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import json
@@ -96,6 +97,58 @@ def resolve_backbone(name: str) -> str:
     if not re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", name):  # hub ids look like 'org/name'
         raise BackboneError(f"backbone {name!r}: model path does not exist")
     return name
+
+
+HUB_TIMEOUT_SECONDS = 10  # how long the up-front check waits for the hub before it says it cannot be reached
+
+
+def check_backbone(name: str, max_length: int) -> None:
+    """Before any work: the backbone can be loaded (a built-in name, a local model folder, a model in the local
+    Hugging Face cache, or one the hub has and can be reached for) and takes max_length tokens. A name a letter
+    off a built-in one gets a suggestion; a hub id whose first part is a local folder is a missing local path."""
+    if ALIASES.get(name.lower(), name.lower()) == "smollm2":
+        return  # converted from its package on first use (not a check to make here); 8,192 positions
+    local = resolve_backbone(name)
+    if local == name and not Path(name).expanduser().is_dir():
+        local = _hub_config(name)
+    limit = _position_limit(Path(local) / "config.json") if local else None
+    if limit and max_length > limit:
+        raise BackboneError(f"max_length: {max_length} is more than backbone {name!r} takes ({limit} positions)")
+
+
+def _hub_config(name: str) -> str | None:
+    """The local folder of a hub model's cached config, else None once the hub says it has the model."""
+    import huggingface_hub
+    builtin = difflib.get_close_matches(name.lower(), ["minilm", "smollm2"], n=1, cutoff=0.8)
+    if builtin:
+        raise BackboneError(f"backbone {name!r}: not a built-in name, a local folder or a hub model; "
+                            f"did you mean {builtin[0]!r}?")
+    if (Path(name.split("/")[0]).is_dir()) and "/" in name:
+        raise BackboneError(f"backbone {name!r}: model path does not exist")
+    cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise BackboneError(f"backbone {name!r}: not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE "
+                            "is set")
+    try:
+        huggingface_hub.model_info(name, timeout=HUB_TIMEOUT_SECONDS)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise BackboneError(f"backbone {name!r}: no such model on the hub, and not a local folder") from None
+    except Exception as e:  # no network, a proxy, a timeout: it could not be fetched at run time either
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BackboneError(f"backbone {name!r}: not a local folder nor in the Hugging Face cache, and the hub "
+                            f"cannot be reached ({first})") from None
+    return None
+
+
+def _position_limit(config_path: Path) -> int | None:
+    """The most token positions a model config allows (max_position_embeddings), if it says."""
+    try:
+        limit = json.loads(config_path.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def backbone_kind(config) -> str:

@@ -25,6 +25,11 @@ NOTEBOOK_RANGES = {"n_examples": ("[0, 20]", "example pairs shown per part"),
                    "rho_sweep": ("(0, 1)", "each an OCC rho"),
                    "occ_lambda": ("> 0", "to test OCC"),
                    "occ_rho": ("(0, 1)", "to test OCC")}
+OCC_SETTINGS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
+# The settings a notebook sets itself for each method it trains (so never from its `settings`), by notebook
+VARIED = {"02_ood_detection": ("augment",), "04_occ_calibration": OCC_SETTINGS,
+          "05_evaluation": OCC_SETTINGS + ("augment",)}
+INJECTED_HEADER = "# Parameters\n"  # the first line of the cell papermill injects
 
 
 def declared_parameters(notebook: str | Path) -> dict:
@@ -94,14 +99,15 @@ def socket_kernel_manager():
     return SocketKernelManager
 
 
-def config_from_parameters(values: dict, settings: dict, reserved: tuple = ()) -> RunConfig:
-    """The validated RunConfig of a notebook: its named parameters plus `settings` (any other RunConfig
-    setting by name; not those in `reserved`, which the notebook sets itself). A typo or a setting given twice
-    fails here, before any work."""
-    twice = sorted((set(values) | set(reserved)) & set(settings))
-    if twice:
-        raise ConfigError(f"settings: {twice} are notebook parameters already; set them there")
-    return RunConfig.from_dict({**values, **settings}).validate()
+def check_settings(settings: dict, parameters, varied: tuple = ()) -> None:
+    """A notebook's `settings` holds the RunConfig settings it does not take as parameters: none of its
+    `parameters` (those are set as parameters) and none it `varied` itself (those it sets per method)."""
+    given = sorted(set(settings) & set(parameters))
+    if given:
+        raise ConfigError(f"settings: {given} are parameters of this notebook; set them as parameters, not in settings")
+    own = sorted(set(settings) & set(varied))
+    if own:
+        raise ConfigError(f"settings: {own} are set by this notebook itself for each method it trains; remove them")
 
 
 def study_config(params: dict) -> RunConfig:
@@ -113,17 +119,33 @@ def study_config(params: dict) -> RunConfig:
     return RunConfig.from_dict({**values, **params.get("settings", {}), "progress": False})
 
 
-def setup(namespace: dict, reserved: tuple = ()) -> tuple[RunConfig, list[int]]:
-    """The setup cell of a study notebook, given its globals(): work from the project root (relative paths then
-    mean what they mean on the command line); the notebook's RunConfig from every parameter that names a RunConfig
-    setting (not those in `reserved`, which the notebook varies itself) plus `settings`, validated; and its
-    checked `seeds`. Progress bars are off: a page reads them as noise."""
+def setup(namespace: dict, notebook: str) -> tuple[RunConfig, list[int]]:
+    """The setup cell of a study notebook, given its globals() and its name: work from the project root (relative
+    paths then mean what they mean on the command line); papermill's parameters checked by name; the notebook's
+    RunConfig from every parameter that names a RunConfig setting (not those it varies itself, VARIED) plus
+    `settings`, validated; its own parameters' ranges; and its checked `seeds`. Progress bars are off: a page reads
+    them as noise."""
     os.chdir(project_root())
-    names = {f.name for f in fields(RunConfig)} - set(reserved)
+    check_injected(namespace, notebook)
+    varied = VARIED.get(notebook, ())
+    names = {f.name for f in fields(RunConfig)} - set(varied)
     values = {**{k: v for k, v in namespace.items() if k in names}, "progress": False}
-    cfg = config_from_parameters(values, namespace.get("settings", {}), reserved)
+    settings = namespace.get("settings", {})
+    check_settings(settings, declared_parameters(NOTEBOOKS / f"{notebook}.ipynb"), varied)
+    cfg = RunConfig.from_dict({**values, **settings}).validate()
     check_ranges(namespace)
     return cfg, check_seeds(namespace["seeds"])
+
+
+def check_injected(namespace: dict, notebook: str) -> None:
+    """Under papermill, the names and types of its injected parameters against the notebook's own: papermill only
+    warns about an unknown name, and the run would go on with the default. (The injected cell is found in the
+    kernel's input history, `In`; run interactively there is none, and nothing to check.)"""
+    injected = [cell for cell in namespace.get("In", []) if cell.startswith(INJECTED_HEADER)]
+    if injected:
+        names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name)]
+        check_parameters(NOTEBOOKS / f"{notebook}.ipynb", {name: namespace[name] for name in names})
 
 
 def check_ranges(parameters: dict) -> None:

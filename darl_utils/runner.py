@@ -14,6 +14,7 @@ a rerun after a finished run takes seconds. A failed notebook still gets its pag
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -26,7 +27,16 @@ import yaml
 
 from .config import ConfigError, RunConfig
 from .index_page import write_index
-from .notebooks import NOTEBOOKS, check_parameters, check_ranges, declared_parameters, run_notebook, study_config
+from .notebooks import (
+    NOTEBOOKS,
+    VARIED,
+    check_parameters,
+    check_ranges,
+    check_settings,
+    declared_parameters,
+    run_notebook,
+    study_config,
+)
 
 # Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
 # notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
@@ -60,26 +70,72 @@ def load_profile(profile: str) -> tuple[str, dict]:
     return path.stem, spec
 
 
+SYNTHETIC = "synthetic"  # `data: synthetic` in a profile's `all`: the smoke assets, built under its output folder
+
+
+def with_synthetic_assets(spec: dict, folder: Path) -> dict:
+    """A profile whose `all` says `data: synthetic` (smoke.yaml, and any copy of it) gets the synthetic pairs and
+    the tiny random model, built under folder; its own settings (a backbone, say) win."""
+    common = spec.get("all", {})
+    if common.get("data") != SYNTHETIC:
+        return spec
+    from .smoke import smoke_assets
+    return {**spec, "all": {**smoke_assets(folder), **{k: v for k, v in common.items() if k != "data"}}}
+
+
+def check_output_folder(out: Path) -> None:
+    """The report's folder can be made and written (its nearest existing parent is a writable folder)."""
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"out: {existing} is a file, not a folder; pass another --out")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"out: {existing} is not writable; pass another --out")
+
+
 def resolve(spec: dict, notebooks: list[Path], out: Path) -> dict[Path, dict]:
-    """The parameters of every notebook, checked: names, types, then values (through RunConfig.validate)."""
+    """The parameters of every notebook, checked: names, types, then values (through RunConfig.validate). A
+    notebook's own entry wins over "all", key by key inside `settings` too; relative paths become absolute (the
+    notebooks run in the project root)."""
     names = {nb.stem: nb for nb in notebooks}
     unknown = sorted(set(spec) - set(names) - {"all"})
     if unknown:
         raise ConfigError(f"profile: unknown notebook(s) {unknown}; the study has {sorted(names)}")
     declared = {nb: declared_parameters(nb) for nb in notebooks}
     common = spec.get("all", {})
-    stray = sorted(k for k in common if not any(k in d for d in declared.values()))
-    if stray:
-        raise ConfigError(f"profile: 'all' sets {stray}, which no notebook declares")
+    everywhere = set().union(*declared.values())
+    for name in sorted(set(common) - everywhere):
+        near = difflib.get_close_matches(name, everywhere, n=1)
+        raise ConfigError(f"profile: 'all' sets {name!r}, which no notebook declares"
+                          + (f"; did you mean {near[0]!r}?" if near else ""))
     resolved = {}
     for nb in notebooks:
-        params = {**{k: v for k, v in common.items() if k in declared[nb]}, **spec.get(nb.stem, {})}
+        own = spec.get(nb.stem, {})
+        params = {**{k: v for k, v in common.items() if k in declared[nb]}, **own}
+        if isinstance(common.get("settings"), dict) and isinstance(own.get("settings"), dict):
+            params["settings"] = {**common["settings"], **own["settings"]}
         if "out_dir" in declared[nb]:
             params.setdefault("out_dir", str(out / "results" / nb.stem))
         check_parameters(nb, params)
+        params = absolute_paths(params)
         check_values(nb, {**declared[nb], **params})
         resolved[nb] = params
     return resolved
+
+
+PATH_PARAMETERS = ("data", "out_dir", "gap_results")  # relative to where the runner starts, like its --out
+
+
+def absolute_paths(params: dict) -> dict:
+    """Paths relative to the current folder made absolute, and a backbone given as a local folder too (a hub id
+    or a built-in name stays as it is)."""
+    params = dict(params)
+    for name in PATH_PARAMETERS:
+        if params.get(name) and not Path(params[name]).expanduser().is_absolute():
+            params[name] = str(Path(params[name]).expanduser().resolve())
+    backbone = params.get("backbone")
+    if backbone and (backbone.startswith(".") or Path(backbone).expanduser().is_dir()):
+        params["backbone"] = str(Path(backbone).expanduser().resolve())
+    return params
 
 
 def check_values(notebook: Path, params: dict) -> None:
@@ -89,6 +145,7 @@ def check_values(notebook: Path, params: dict) -> None:
     values = {k: v for k, v in params.items() if k in known and k != "out_dir"}  # validate() would create it
     values.update(params.get("settings", {}))
     try:
+        check_settings(params.get("settings", {}), params, VARIED.get(notebook.stem, ()))
         RunConfig.from_dict(values).validate()
         check_ranges(params)
     except ConfigError as e:
@@ -96,25 +153,18 @@ def check_values(notebook: Path, params: dict) -> None:
 
 
 def preflight(resolved: dict[Path, dict]) -> None:
-    """The checks that need only the data and the parameters, before the first notebook starts: every notebook's
-    backbone exists; for every notebook and seed, no part of the split (sub-sampled as asked) is empty, and a DASA
-    budget fits its pool."""
+    """The checks that need the data, before the first notebook starts: for every notebook and seed, no part of the
+    split (sub-sampled as asked) is empty, and a DASA budget fits its pool."""
     from dataclasses import replace
 
     from .dasa import budget_size, unlabelled_pool
     from .data import DataError
-    from .modeling import ALIASES, BackboneError, resolve_backbone
     from .pipeline import prepare_split, sized_parts
     for nb, params in resolved.items():
         full = {**declared_parameters(nb), **params}
         if "seeds" not in full:
             continue
-        base = study_config(full)
-        if ALIASES.get(base.backbone.lower(), base.backbone.lower()) != "smollm2":  # its first use converts it
-            try:
-                resolve_backbone(base.backbone)  # a model path that does not exist, before any work
-            except BackboneError as e:
-                raise ConfigError(f"{nb.name}: {e}") from None
+        base = study_config(full)  # its backbone was checked with the values (RunConfig.validate)
         for seed in full["seeds"]:
             cfg = replace(base, seed=seed)
             try:
@@ -136,11 +186,12 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise. A notebook whose
     source, parameters, package code and data are unchanged since it last finished here is kept, not rerun
     (force reruns it)."""
-    from .smoke import smoke_assets
     name, spec = load_profile(profile)
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
-    if name == "smoke":  # its own data and model, built locally
-        spec["all"] = {**smoke_assets(out / "assets"), **spec.get("all", {})}
+    check_output_folder(out)
+    if os.environ.get("DARL_DATA"):  # the kernels inherit it, and run in the project root
+        os.environ["DARL_DATA"] = str(Path(os.environ["DARL_DATA"]).expanduser().resolve())
+    spec = with_synthetic_assets(spec, out / "assets")
     notebooks = study_notebooks()
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
     preflight(resolved)
@@ -166,11 +217,13 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
             write_ledger(out, ledger)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
         s = statuses[-1]  # one line per notebook whatever the progress setting: a batch run is never silent
+        why = f": {s['error'].splitlines()[0]}" if s["status"] == "failed" and s.get("error") else ""
         if progress:
             print(f"    {'unchanged since ' + s['ran'] + ', kept' if s['kept'] else s['status']} "
-                  f"({s['seconds']:.0f} s) -> {s['page']}", flush=True)
+                  f"({s['seconds']:.0f} s) -> {s['page']}{why}", flush=True)
         else:
-            print(f"{nb.name}: {'kept' if s['kept'] else s['status']} ({s['seconds']:.0f} s)", flush=True)
+            print(f"{nb.name}: {'kept' if s['kept'] else s['status']} ({s['seconds']:.0f} s){why}", flush=True)
+    print(f"report: {out / 'index.html'}", flush=True)
     return 0 if all(s["status"] == "finished" for s in statuses) else 1
 
 

@@ -61,13 +61,15 @@ def test_ranges_read_as_written():
     assert in_range(-1, ">= -1") and not in_range(-2, ">= -1")
     assert not in_range(0, "> 0") and in_range(1e-9, "> 0")
     assert not in_range(float("nan"), ">= 0") and not in_range(float("nan"), "(0, 1)")
+    assert not in_range(float("inf"), ">= 0") and not in_range(float("-inf"), "[-1, 1]")
 
 
-def test_a_not_a_number_is_refused(pairs_csv, tmp_path):
+def test_not_a_number_and_infinity_are_refused(pairs_csv, tmp_path):
     good = RunConfig(dataset="csv", data=str(pairs_csv), out_dir=str(tmp_path / "out"))
     for name in ("lr", "weight_decay", "max_grad_norm", "occ_lambda"):
-        with pytest.raises(ConfigError, match=rf"^{name}: nan must be"):
-            replace(good, **{name: float("nan")}).validate()
+        for bad in ("nan", "inf"):
+            with pytest.raises(ConfigError, match=rf"^{name}: {bad} must be"):
+                replace(good, **{name: float(bad)}).validate()
 
 
 def test_the_roles_declared_beside_the_fields():
@@ -76,3 +78,11 @@ def test_the_roles_declared_beside_the_fields():
     cfg = RunConfig(data="x.csv")
     assert cfg.key() == replace(cfg, progress=False, eval_batch_size=7, out_dir="elsewhere").key()
     assert cfg.key() != replace(cfg, lr=1e-4).key()
+
+
+def test_protocol_gap_runs_its_own_protocols_and_seeds_into_notebook_01s_folder():
+    args = _parser().parse_args(["protocol-gap"])
+    assert args.out_dir == "reports/protocol-gap"  # where notebook 01 reads the gaps
+    assert not hasattr(args, "protocol") and not hasattr(args, "seed")  # not silently ignored: not options at all
+    args = _parser().parse_args(["protocol-gap", "--protocol", "department", "--seed", "4"])
+    assert (args.protocols, args.seeds) == (["department"], [4])  # read as --protocols and --seeds

@@ -5,6 +5,7 @@ from darl_utils.modeling import (
     BackboneError,
     Collator,
     RelevanceModel,
+    check_backbone,
     encode_pairs,
     load_backbone,
     pool,
@@ -70,6 +71,29 @@ def test_unreachable_hub_id_is_clear():
     # HF_HUB_OFFLINE=1 in the tests: the same path as a machine without internet, minus the retries
     with pytest.raises(BackboneError, match="could not be fetched from the Hugging Face hub"):
         load_backbone("someone/not-a-cached-model")
+
+
+def test_the_up_front_backbone_check_names_what_is_wrong(tmp_path, monkeypatch, tiny_encoder):
+    """Each of these once passed the checks as a hub id and failed only at load time, after retries."""
+    with pytest.raises(BackboneError, match=r"backbone 'minilmm': not a built-in name.*; did you mean 'minilm'\?"):
+        check_backbone("minilmm", 64)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(BackboneError, match=r"backbone 'models/my-minilm': model path does not exist"):
+        check_backbone("models/my-minilm", 64)
+    with pytest.raises(BackboneError, match=r"not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE"):
+        check_backbone("someone/not-a-cached-model", 64)  # HF_HUB_OFFLINE=1 in the tests
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise ConnectionError("[Errno -2] Name or service not known")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    with pytest.raises(BackboneError, match=r"and the hub cannot be reached \(\[Errno -2\] Name or service"):
+        check_backbone("someone/not-a-cached-model", 64)
+    check_backbone(tiny_encoder, 128)  # its config allows 128 positions
+    with pytest.raises(BackboneError, match=r"max_length: 129 is more than backbone .* takes \(128 positions\)"):
+        check_backbone(tiny_encoder, 129)
 
 
 def test_real_minilm_loads_and_means_something(minilm_dir):

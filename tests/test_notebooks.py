@@ -163,12 +163,12 @@ def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message
     (NB03, {"settings": {"lp_lrr": 0.01}}, r"unknown setting 'lp_lrr'; did you mean 'lp_lr'\?"),
     (NB03, {"seeds": []}, r"seeds: \[\] must be a non-empty list"),
     (NB04, {"rho_sweep": [0.1, 1.0]}, r"rho_sweep: 1.0 must be in \(0, 1\) \(each an OCC rho\)"),
-    (NB04, {"settings": {"occ_rho": 0.2}}, r"settings: \['occ_rho'\] are notebook parameters already"),
+    (NB04, {"settings": {"occ_rho": 0.2}}, r"settings: \['occ_rho'\] are parameters of this notebook"),
     (NB02, {"dasa_budget": 1.5}, r"dasa_budget: 1.5 must be a fraction in \(0, 1\)"),
-    (NB02, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are notebook parameters already"),
+    (NB02, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are set by this notebook itself"),
     (NB02, {"umap_points": -1}, r"umap_points: -1 must be >= 0"),
     (NB05, {"occ_lambda": 0.0}, r"occ_lambda: 0.0 must be > 0 \(to test OCC\)"),
-    (NB05, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are notebook parameters already"),
+    (NB05, {"settings": {"augment": "dasa"}}, r"settings: \['augment'\] are set by this notebook itself"),
     (NB05, {"dasa_combination": "median"}, r"dasa_combination: 'median'"),
 ])
 def test_new_notebooks_stop_in_the_validation_cell(notebook, parameters, message, tmp_path, pairs_csv, tiny_encoder):
@@ -185,14 +185,19 @@ def test_the_setup_cell_helper_takes_the_parameters_that_name_a_setting(tmp_path
     namespace = {"dataset": "csv", "data": str(pairs_csv), "lr": 0.001, "epochs": 3, "umap_points": 5,
                  "occ_lambda": 0.5, "seeds": [0, 2],
                  "settings": {"batch_size": 8}, "display": print}
-    cfg, seeds = setup(namespace, reserved=("occ_lambda",))
+    cfg, seeds = setup(namespace, "04_occ_calibration")
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.progress, seeds) == (0.001, 3, 8, False, [0, 2])
     assert cfg.occ_lambda == 0.0  # reserved: the notebook varies it itself
     assert Path.cwd() == project_root()
-    with pytest.raises(ConfigError, match=r"settings: \['occ_lambda'\] are notebook parameters already"):
-        setup({**namespace, "settings": {"occ_lambda": 1.0}}, reserved=("occ_lambda",))
+    with pytest.raises(ConfigError, match=r"settings: \['occ_lambda'\] are parameters of this notebook"):
+        setup({**namespace, "settings": {"occ_lambda": 1.0}}, "04_occ_calibration")
+    with pytest.raises(ConfigError, match=r"settings: \['occ_direction'\] are set by this notebook itself"):
+        setup({**namespace, "settings": {"occ_direction": "forward"}}, "04_occ_calibration")
     with pytest.raises(ConfigError, match="seeds"):
-        setup({**namespace, "seeds": [1, 1]})
+        setup({**namespace, "seeds": [1, 1]}, "04_occ_calibration")
+    injected = "# Parameters\nmax_lenght = 32\n"  # as papermill injects it, which only warns about the typo
+    with pytest.raises(ConfigError, match=r"unknown parameter 'max_lenght'; did you mean 'max_length'\?"):
+        setup({**namespace, "max_lenght": 32, "In": ["", "seeds = [0]", injected]}, "04_occ_calibration")
 
 
 @pytest.mark.parametrize("long_folder", [False, True])
@@ -237,3 +242,13 @@ def test_a_kernel_shuts_down_on_request_without_a_sigint():
 
     signals, alive, has_kernel = asyncio.run(shut_down())
     assert signals == [signal.SIGINT] and not alive and not has_kernel
+
+
+def test_papermill_run_directly_refuses_a_typo_in_the_validation_cell(tmp_path, pairs_csv, tiny_encoder):
+    """Without the runner: papermill itself only warns about an unknown parameter and runs on the default."""
+    import papermill
+    params = {**smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "out"), "max_lenght": 40}
+    with pytest.raises(PapermillExecutionError, match=r"unknown parameter 'max_lenght'; did you mean 'max_length'"):
+        papermill.execute_notebook(str(NB03), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
+                                   progress_bar=False, cwd=str(NB03.parents[1]))
+    assert not (tmp_path / "out" / "results.jsonl").exists()

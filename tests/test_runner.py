@@ -14,7 +14,6 @@ import yaml
 from darl_utils import runner, tables
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
-from darl_utils.smoke import smoke_assets
 
 PAGE_BUDGET = 2_000_000  # bytes per notebook page, figures included (the template itself is ~0.3 MB)
 
@@ -33,17 +32,23 @@ def profile_file(tmp_path, spec) -> str:
 @pytest.mark.parametrize("spec, message", [
     ({"03_lpft_alpha_sweep": {"alpahs": [0.5]}},
      r"03_lpft_alpha_sweep.ipynb: unknown parameter 'alpahs'; did you mean 'alphas'"),
-    ({"all": {"epohcs": 2}}, r"profile: 'all' sets \['epohcs'\], which no notebook declares"),
+    ({"all": {"epohcs": 2}}, r"profile: 'all' sets 'epohcs', which no notebook declares; did you mean 'epochs'\?"),
     ({"05_nothing": {}}, r"profile: unknown notebook\(s\) \['05_nothing'\]"),
     ({"all": {"lr": 5.0}}, r"02_ood_detection.ipynb: lr: 5.0 must be in \(0, 1\)"),
     ({"04_occ_calibration": {"occ_rho": "high"}}, r"parameter 'occ_rho' = 'high' is a str, expected float"),
     ({"all": {"seeds": [0, 0]}}, r"02_ood_detection.ipynb: seeds: \[0, 0\] must be a non-empty list of distinct"),
-    ({"all": {"data": "no/such/file.csv"}}, r"01_data.ipynb: data: no/such/file.csv does not exist"),
+    ({"all": {"data": "no/such/file.csv"}}, r"01_data.ipynb: data: \S*no/such/file.csv does not exist"),
     # a notebook's own parameters, checked before the first notebook too, not when their notebook comes
     ({"01_data": {"n_examples": 21}}, r"01_data.ipynb: n_examples: 21 must be in \[0, 20\]"),
     ({"02_ood_detection": {"umap_points": -5}}, r"02_ood_detection.ipynb: umap_points: -5 must be >= 0"),
     ({"04_occ_calibration": {"rho_sweep": [0.1, 1.5]}}, r"04_occ_calibration.ipynb: rho_sweep: 1.5 must be in"),
     ({"all": {"occ_lambda": 0.0}}, r"04_occ_calibration.ipynb: occ_lambda: 0.0 must be > 0 \(to test OCC\)"),
+    # `settings` may hold neither a notebook's parameters nor what it sets itself (checked here, not in 05)
+    ({"05_evaluation": {"settings": {"max_length": 40}}},
+     r"05_evaluation.ipynb: settings: \['max_length'\] are parameters of this notebook; set them as parameters"),
+    ({"05_evaluation": {"settings": {"augment": "dasa"}}},
+     r"05_evaluation.ipynb: settings: \['augment'\] are set by this notebook itself"),
+    ({"all": {"backbone": "minilmm"}}, r"02_ood_detection.ipynb: backbone 'minilmm': .*did you mean 'minilm'\?"),
 ])
 def test_a_bad_profile_stops_before_any_notebook(tmp_path, spec, message, monkeypatch):
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
@@ -128,8 +133,7 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
     folder, cache = smoke_report
     monkeypatch.setenv("DARL_CACHE", str(cache))
     budget = runpy.run_path(str(runner.NOTEBOOKS.parent / "benchmarks" / "study_budget.py"))
-    spec = runner.load_profile("smoke")[1]
-    spec["all"] = {**smoke_assets(folder / "assets"), **spec["all"]}
+    spec = runner.with_synthetic_assets(runner.load_profile("smoke")[1], folder / "assets")
     plan = budget["planned_runs"](budget["notebook_parameters"](spec))
     planned = [budget["run_identity"](kind, cfg) for runs in plan.values() for kind, cfg in runs]
     trained = sorted(p.name for p in (cache / "runs").iterdir() if not p.name.startswith(("lp-", ".")))
@@ -148,7 +152,8 @@ def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monk
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("an unchanged notebook ran again"))
     capfd.readouterr()
     assert runner.run_profile("smoke", folder.parent, progress=False) == 0
-    said = capfd.readouterr().out.splitlines()  # without progress bars, still one line per notebook
+    said = capfd.readouterr().out.splitlines()  # without progress bars, still one line per notebook, then the index
+    assert said.pop() == f"report: {folder / 'index.html'}"
     assert [line.split(":")[0] for line in said] == [nb.name for nb in runner.study_notebooks()]
     assert all(re.fullmatch(r"\S+\.ipynb: kept \(\d+ s\)", line) for line in said), said
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html") if p.name != "index.html"} == pages
@@ -162,6 +167,7 @@ def test_a_rerun_keeps_unchanged_notebooks_and_trains_nothing(smoke_report, monk
     assert runner.run_profile("smoke", folder.parent, progress=False, force=True) == 0
     said = capfd.readouterr()  # the kernels' own output too: nothing but one line per notebook
     lines = (said.out + said.err).splitlines()
+    assert lines.pop() == f"report: {folder / 'index.html'}"
     assert len(lines) == 5 and all(re.fullmatch(r"\S+\.ipynb: finished \(\d+ s\)", line) for line in lines), lines
     assert sorted(p.name for p in (cache / "runs").iterdir()) == trained
     assert {p: json.loads(p.read_text())["finished"] for p in finished} == finished
@@ -191,9 +197,7 @@ def test_the_index_renders_in_headless_chromium(smoke_report, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys):
-    assets = smoke_assets(tmp_path / "assets")
-    smoke = runner.load_profile("smoke")[1]
-    spec = {"all": {**assets, **smoke["all"]}, **{k: v for k, v in smoke.items() if k != "all"}}
+    spec = runner.with_synthetic_assets(runner.load_profile("smoke")[1], tmp_path / "assets")
     broken = tmp_path / "broken-model"  # passes the checks before the run (a folder with a config.json) ...
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # ... but no model loads from it
@@ -201,6 +205,8 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsy
     code = cli(["report", "--profile", profile_file(tmp_path, spec), "--out", str(tmp_path / "reports"),
                 "--no-progress"])
     assert code == 1
+    said = capsys.readouterr().out
+    assert re.search(r"^03_lpft_alpha_sweep.ipynb: failed \(\d+ s\): BackboneError: .*cannot load", said, re.M), said
     folder = tmp_path / "reports" / "mine"
     index = (folder / "index.html").read_text()
     assert '03_lpft_alpha_sweep.ipynb</a></td><td class="failed">failed' in index
@@ -223,9 +229,7 @@ def test_data_checks_run_before_the_first_notebook(tmp_path, monkeypatch, extra,
     """A budget larger than the pool, or sizes that leave a part empty, stop the run before notebook 01 starts
     (not after it ran and notebook 02 trained its FT)."""
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
-    smoke = runner.load_profile("smoke")[1]
-    spec = {"all": {**smoke_assets(tmp_path / "assets"), **smoke["all"]},
-            **{k: v for k, v in smoke.items() if k != "all"}}
+    spec = runner.with_synthetic_assets(runner.load_profile("smoke")[1], tmp_path / "assets")
     if extra == "no OOD queries":  # the synthetic OOD queries are those with digits
         pairs = pd.read_csv(spec["all"]["data"])
         pairs[~pairs["query"].str.contains(r"\d")].to_csv(tmp_path / "no-ood.csv", index=False)
@@ -276,3 +280,36 @@ def test_a_report_killed_mid_notebook_shows_it_and_resumes(smoke_report, monkeyp
     assert sorted(p.name for p in (cache / "runs").iterdir()) == runs  # every model came from the cache
     lines = (folder / "results" / "03_lpft_alpha_sweep" / "results.jsonl").read_text().splitlines()
     assert {json.loads(x)["method"] for x in lines} >= {"FT", "LP", "LPFT"}
+
+
+def test_a_profile_reads_relative_paths_from_where_it_runs_and_merges_settings(tmp_path, monkeypatch):
+    """Notebooks run in the project root: a relative data path or model folder is made absolute first (it once
+    passed the checks here and failed in every notebook); a notebook's `settings` adds to those of `all`."""
+    assets = runner.with_synthetic_assets({"all": {"data": "synthetic"}}, tmp_path / "assets")["all"]
+    work = tmp_path / "work"
+    shutil.copytree(assets["backbone"], work / "models" / "tiny")
+    shutil.copy(assets["data"], work / "pairs.csv")
+    monkeypatch.chdir(work)
+    spec = {"all": {**assets, "data": "pairs.csv", "backbone": "models/tiny", "max_length": 32,
+                    "settings": {"batch_size": 8}},
+            "04_occ_calibration": {"settings": {"alphas": [0.0, 1.0]}}}
+    resolved = {nb.stem: p for nb, p in runner.resolve(spec, runner.study_notebooks(), tmp_path / "out").items()}
+    assert resolved["02_ood_detection"]["data"] == str(work / "pairs.csv")
+    assert resolved["02_ood_detection"]["backbone"] == str(work / "models" / "tiny")
+    assert resolved["04_occ_calibration"]["settings"] == {"batch_size": 8, "alphas": [0.0, 1.0]}
+    assert resolved["03_lpft_alpha_sweep"]["settings"] == {"batch_size": 8}
+
+
+def test_a_copy_of_the_smoke_profile_is_still_a_smoke_run(tmp_path):
+    copy = tmp_path / "mysmoke.yaml"
+    shutil.copy(runner.builtin_profiles()["smoke"], copy)
+    name, spec = runner.load_profile(str(copy))
+    spec = runner.with_synthetic_assets(spec, tmp_path / "assets")
+    assert name == "mysmoke" and spec["all"]["data"] == str(tmp_path / "assets" / "pairs.csv")
+    assert spec["all"]["backbone"] == str(tmp_path / "assets" / "tiny-bert") and spec["all"]["dataset"] == "csv"
+
+
+def test_an_output_folder_that_is_a_file_is_refused_up_front(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    assert cli(["report", "--profile", "smoke", "--out", str(tmp_path / "taken"), "--no-progress"]) == 2
+    assert f"error: out: {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err

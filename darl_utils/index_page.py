@@ -98,10 +98,23 @@ def main_table(out: Path) -> str:
     if not len(table):
         return "<p>Notebook 05 has no results yet.</p>"
     try:
-        return main_table_html(table)
+        body = main_table_html(table)
     except (OSError, ValueError) as e:  # predictions moved or from before the intervals: the table without them
         print(f"index: no differences to FT ({e})", flush=True)
-        return bold_best_table(table, MAIN_COLUMNS)
+        body = bold_best_table(table, MAIN_COLUMNS)
+    return body + alpha_star_line(table)
+
+
+def alpha_star_line(table) -> str:
+    """Which alpha each interpolated model of the main table read, per seed: alpha* is chosen on id_val."""
+    chosen = table[table["model"].str.startswith(("LPFT (alpha*", "DaRL")) & table["selected"].fillna(False)
+                   .astype(bool)]
+    if not len(chosen):
+        return ""
+    per_model = chosen.groupby("model", sort=False)["alpha"].apply(lambda a: ", ".join(f"{v:g}" for v in a))
+    listed = " · ".join(f"{html.escape(m)} {v}" for m, v in per_model.items())
+    return (f"<p>alpha*, chosen on id_val (per seed): {listed}. \"LPFT (alpha 0.6)\" is the paper's alpha, "
+            "reported beside it.</p>")
 
 
 def alpha_sweep_figure(out: Path) -> str:
@@ -139,6 +152,7 @@ def results_table(out: Path) -> str:
     if not records:
         return "<p>No results yet.</p>"
     frame = comparison(results_frame(records))
+    frame["model"] = frame["model"].str.replace(" (0.6)", " (alpha 0.6)", regex=False)  # as in the main table
     # the same model can be evaluated by several notebooks (shared through the cache, or LP inside two LPFT
     # runs): count it once per seed
     frame = frame.drop_duplicates(subset=["model", "seed", "id_macro_f1", "ood_macro_f1"])

@@ -47,10 +47,15 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def mean_sd(results: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """'mean +- sd (n)' per group: every number reported with its spread over seeds."""
+    """'mean +- sd (n)' per group: every number reported with its spread over seeds. Counts (integer columns)
+    keep no decimals; a value a method does not have (an added OOD share without added pairs) reads '–'."""
     grouped = results.groupby(by)[columns]
     mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.size()
-    table = mean.map(lambda v: f"{v:.4f}") + sd.map(lambda v: "" if pd.isna(v) else f" ± {v:.4f}")
+    table = pd.DataFrame(index=mean.index)
+    for column in columns:
+        digits = 0 if pd.api.types.is_integer_dtype(results[column]) else 4
+        table[column] = [("–" if pd.isna(m) else f"{m:.{digits}f}") + ("" if pd.isna(d) else f" ± {d:.{digits}f}")
+                         for m, d in zip(mean[column], sd[column])]
     table["seeds"] = n  # one seed: no spread to show
     return table
 

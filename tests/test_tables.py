@@ -42,3 +42,20 @@ def test_extra_columns_follow_the_means():
     table = frame(rows("FT", [0.5], [0.4]), rows("LP", [0.4], [0.4]))
     html = tables.bold_best_table(table, COLUMNS, extra={"LP": {"ID − FT": "-0.100 [-0.2, 0.0]"}})
     assert "<th>ID − FT</th>" in html and "<td>-0.100 [-0.2, 0.0]</td>" in html and html.count("<td>–</td>") == 1
+
+
+def test_mean_sd_keeps_counts_whole_and_marks_missing_values():
+    from darl_utils.tables import mean_sd
+    frame = pd.DataFrame({"method": ["FT", "FT", "FT+DASA"], "id_macro_f1": [0.5, 0.6, 0.7],
+                          "train_pairs": [292, 300, 310], "added_ood_share": [np.nan, np.nan, 0.3]})
+    table = mean_sd(frame, ["method"], ["id_macro_f1", "train_pairs", "added_ood_share"])
+    assert table.loc["FT"].tolist() == ["0.5500 ± 0.0707", "296 ± 6", "–", 2]
+    assert table.loc["FT+DASA"].tolist() == ["0.7000", "310", "0.3000", 1]
+
+
+def test_the_index_names_the_alpha_each_interpolated_model_read():
+    from darl_utils.index_page import alpha_star_line
+    table = pd.DataFrame({"model": ["FT", "LPFT (alpha*)", "LPFT (alpha*)", "LPFT (alpha 0.6)", "DaRL without LPFT"],
+                          "selected": [np.nan, True, True, False, np.nan], "alpha": [np.nan, 0.3, 1.0, 0.6, np.nan]})
+    line = alpha_star_line(table)
+    assert line.startswith("<p>alpha*, chosen on id_val (per seed): LPFT (alpha*) 0.3, 1. ")  # and nothing else

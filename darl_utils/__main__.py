@@ -33,9 +33,34 @@ def _help(f) -> str:
     return setting_help(f).replace("%", "%%")  # argparse formats help with %
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (not the forty lines of usage before them)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the options)\n")
+
+
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e.msg}); write it as '{{\"group\": \"dept\"}}'")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON mapping")
+    return value
+
+
+def _default_words(default) -> str:
+    """A default as one types it: '' for an empty string, a list space-separated (none when empty), JSON."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return " ".join(map(str, default)) or "none"
+    return json.dumps(default) if isinstance(default, dict) else repr(default) if default == "" else str(default)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="darl-study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="darl-study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"ft": "fine-tune and evaluate FT (with --occ-lambda > 0: FT+OCC; forward: FT+fKL or FT+LS)",
                 "lpft": "LP, FT from the probed head, and the alpha sweep of their interpolation",
@@ -47,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="run the notebooks of a profile and write the HTML report")
     report.add_argument("--profile", default="quick", help="smoke | quick | full | a YAML file of parameters")
     report.add_argument("--out", default="reports", help="the report goes to OUT/<profile>/ (default: reports)")
-    report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    report.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars and a line per step; --no-progress: one line per notebook")
     report.add_argument("--force", action="store_true",
                         help="rerun every notebook, also those unchanged since they last finished")
     umap = sub.add_parser("umap", help="draw notebook 02's UMAP map from the inputs it saved where umap-learn "
@@ -64,13 +90,14 @@ def _parser() -> argparse.ArgumentParser:
             if name == "protocol-gap" and f.name == "out_dir":
                 default = "reports/protocol-gap"  # where notebook 01 reads the gaps
             flag = "--" + f.name.replace("_", "-")
+            shown = f"{_help(f)} (default: {_default_words(default)})".replace("%", "%%")
             if kind is bool:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_help(f))
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=shown)
             elif kind in (dict, list):
-                p.add_argument(flag, type=json.loads if kind is dict else item_type(f),
-                               nargs=None if kind is dict else "*", default=default, help=_help(f))
+                p.add_argument(flag, type=_json_mapping if kind is dict else item_type(f),
+                               nargs=None if kind is dict else "*", default=default, help=shown)
             else:
-                p.add_argument(flag, type=kind, default=default, help=f"{_help(f)} (default: {default})")
+                p.add_argument(flag, type=kind, default=default, help=shown)
         if name == "protocol-gap":
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                            help="one FT run per seed and protocol (default: 0 1 2)")
@@ -92,6 +119,8 @@ def main(argv=None) -> int:
     if command == "umap":
         return draw_umaps(args["path"], args["out"])
     seeds, protocols = args.pop("seeds", None), args.pop("protocols", None)
+    if command == "protocol-gap" and args["held_out"]:
+        args["protocol"] = "department"  # the protocol its --held-out is for; the others run without it
     try:
         cfg = RunConfig.from_dict(args).validate()
         from . import pipeline
@@ -106,11 +135,15 @@ def main(argv=None) -> int:
             from .dasa import selection_line
             print(selection_line(pipeline.prepare(cfg).augmentation))
         elif command in ("ft", "lpft"):
+            if command == "ft" and cfg.occ_lambda > 0 and cfg.occ_stage == "lp":
+                raise ConfigError("occ_stage: 'lp' names a stage plain FT does not have: its OCC term would go "
+                                  "unused; use lpft, or --occ-stage ft")
             result = (pipeline.run_ft if command == "ft" else pipeline.run_lpft)(cfg)
             if result:
                 print(pipeline.summary_line(result))
         else:
-            runs = [replace(cfg, protocol=protocol, seed=seed) for protocol in protocols for seed in seeds]
+            held = {p: cfg.held_out if p == "department" else [] for p in protocols}
+            runs = [replace(cfg, protocol=p, seed=seed, held_out=held[p]) for p in protocols for seed in seeds]
             for run in runs:
                 pipeline.prepare_split(run)  # an empty part under any protocol, before the first run trains
             for run in runs:
@@ -130,6 +163,9 @@ def draw_umaps(path: str, out: str | None) -> int:
     """One PNG (umap-PER_GROUP-SEED.png) per saved umap-inputs-PER_GROUP-SEED.safetensors under path, beside
     it, or in `out` named after its selection folder too."""
     source = Path(path)
+    if not source.exists():
+        print(f"error: umap: {path} does not exist", file=sys.stderr)
+        return 2
     inputs = [source] if source.is_file() else sorted(source.rglob("umap-inputs-*.safetensors"))
     if not inputs:
         print(f"error: umap: no umap-inputs-*.safetensors in {path}", file=sys.stderr)
@@ -137,12 +173,16 @@ def draw_umaps(path: str, out: str | None) -> int:
     import matplotlib
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
+    from safetensors import SafetensorError
 
     from .figures import plot_umap
     from .umap_map import umap_from_inputs
     for found in inputs:
         try:
             fig = plot_umap(umap_from_inputs(found))
+        except SafetensorError:
+            print(f"error: umap: {found} is not a safetensors file (umap-inputs-*.safetensors)", file=sys.stderr)
+            return 2
         except ValueError as e:
             print(f"error: umap: {e}", file=sys.stderr)
             return 2

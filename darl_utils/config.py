@@ -190,6 +190,9 @@ class RunConfig:
             bad("alphas", "must be a non-empty list of distinct values in [0, 1]")
         if not (0 < self.dasa_budget < 1 or (self.dasa_budget >= 1 and float(self.dasa_budget).is_integer())):
             bad("dasa_budget", "must be a fraction in (0, 1) of the train size or a whole number of pairs >= 1")
+        if self.held_out and self.protocol != "department":
+            bad("held_out", f"names groups to hold out, which only the department protocol does (protocol is "
+                            f"{self.protocol!r})")
         unknown = set(self.csv_columns) - CSV_OPTIONS
         if unknown:
             bad("csv_columns", f"has unknown key(s) {sorted(unknown)}; expected some of {sorted(CSV_OPTIONS)}")
@@ -282,7 +285,16 @@ def type_matches(value, expected: type) -> bool:
 
 def _check_type(name: str, value, expected: type) -> None:
     if not type_matches(value, expected):
-        raise ConfigError(f"{name}: {value!r} is a {type(value).__name__}, expected {expected.__name__}")
+        raise ConfigError(f"{name}: {value!r} is {type_words(type(value))}, expected {type_words(expected)}")
+
+
+TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "list": "a list",
+              "dict": "a mapping", "NoneType": "empty"}
+
+
+def type_words(kind: type) -> str:
+    """A type as a message says it: 'an integer', not 'int'."""
+    return TYPE_WORDS.get(kind.__name__, f"a {kind.__name__}")
 
 
 AUGMENT_TAGS = {"none": "", "dasa": "+DASA", "random": "+random", "oracle": "+oracle",

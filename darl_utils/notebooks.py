@@ -11,7 +11,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, in_range, range_words, type_matches
+from .config import ConfigError, RunConfig, in_range, range_words, type_matches, type_words
 from .data import project_root
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -48,8 +48,8 @@ def check_parameters(notebook: str | Path, parameters: dict) -> None:
                               + (f"; did you mean {near[0]!r}?" if near else f"; it takes {sorted(declared)}"))
         expected = type(declared[name])
         if not type_matches(value, expected):
-            raise ConfigError(f"{Path(notebook).name}: parameter {name!r} = {value!r} is a "
-                              f"{type(value).__name__}, expected {expected.__name__}")
+            raise ConfigError(f"{Path(notebook).name}: parameter {name!r} = {value!r} is "
+                              f"{type_words(type(value))}, expected {type_words(expected)}")
 
 
 def run_notebook(notebook: str | Path, output: str | Path, parameters: dict | None = None,

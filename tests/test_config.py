@@ -86,3 +86,23 @@ def test_protocol_gap_runs_its_own_protocols_and_seeds_into_notebook_01s_folder(
     assert not hasattr(args, "protocol") and not hasattr(args, "seed")  # not silently ignored: not options at all
     args = _parser().parse_args(["protocol-gap", "--protocol", "department", "--seed", "4"])
     assert (args.protocols, args.seeds) == (["department"], [4])  # read as --protocols and --seeds
+
+
+def test_command_line_mistakes_get_one_line_each(pairs_csv, tmp_path, capsys):
+    from darl_utils.__main__ import main as cli
+    with pytest.raises(SystemExit) as stop:
+        cli(["ft", "--csv-columns", "{group: dept}"])
+    assert stop.value.code == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: argument --csv-columns: '{group: dept}' is not valid JSON") and "\n" not in said
+    base = ["--dataset", "csv", "--data", str(pairs_csv), "--out-dir", str(tmp_path / "out")]
+    assert cli(["ft", *base, "--occ-lambda", "0.5", "--occ-stage", "lp"]) == 2
+    assert "occ_stage: 'lp' names a stage plain FT does not have" in capsys.readouterr().err
+    assert cli(["ft", *base, "--held-out", "g1"]) == 2  # query_form, the default, holds out no groups
+    assert "held_out: ['g1'] names groups to hold out, which only the department protocol does" in \
+        capsys.readouterr().err
+    assert cli(["umap", str(tmp_path / "nowhere")]) == 2
+    assert f"error: umap: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (tmp_path / "umap-inputs-1-0.safetensors").write_text("not safetensors")
+    assert cli(["umap", str(tmp_path / "umap-inputs-1-0.safetensors")]) == 2
+    assert "is not a safetensors file" in capsys.readouterr().err

@@ -102,7 +102,7 @@ def test_occ_settings_are_validated(pairs_csv):
                             ({"occ_lambda": 0.5, "occ_rho": 0.0}, r"occ_rho: 0 makes KL\(p \|\| q\) infinite"),
                             ({"alphas": [0.0, 1.5]}, r"alphas: .* values in \[0, 1\]"),
                             ({"alphas": []}, r"alphas: \[\] must be a non-empty list"),
-                            ({"alphas": [0.0, "0.5"]}, r"alphas: '0.5' is a str, expected float"),
+                            ({"alphas": [0.0, "0.5"]}, r"alphas: '0.5' is a string, expected a number"),
                             ({"lp_lr": 0.0}, r"lp_lr: 0.0 must be in \(0, 1\)")]:
         with pytest.raises(ConfigError, match=message):
             replace(good, **change).validate()

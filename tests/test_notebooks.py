@@ -42,7 +42,7 @@ def test_committed_notebooks_are_clean_and_parameterised():
 def test_parameter_typo_and_type_fail_before_running():
     with pytest.raises(ConfigError, match=r"01_data.ipynb: unknown parameter 'protocl'; did you mean 'protocol'\?"):
         check_parameters(NB01, {"protocl": "department"})
-    with pytest.raises(ConfigError, match=r"parameter 'n_examples' = '4' is a str, expected int"):
+    with pytest.raises(ConfigError, match=r"parameter 'n_examples' = '4' is a string, expected an integer"):
         check_parameters(NB01, {"n_examples": "4"})
 
 
@@ -150,7 +150,7 @@ def test_ood_detection_notebook_runs_on_the_smoke_profile(tmp_path, pairs_csv, t
 @pytest.mark.parametrize("notebook, parameters, message", [
     (NB02, {"dasa_budjet": 0.2}, r"unknown parameter 'dasa_budjet'; did you mean 'dasa_budget'\?"),
     (NB03, {"alpahs": [0.5]}, r"unknown parameter 'alpahs'; did you mean 'alphas'\?"),
-    (NB04, {"occ_rho": "0.1"}, r"parameter 'occ_rho' = '0.1' is a str, expected float"),
+    (NB04, {"occ_rho": "0.1"}, r"parameter 'occ_rho' = '0.1' is a string, expected a number"),
     (NB05, {"with_ablation": False}, r"unknown parameter 'with_ablation'; did you mean 'with_ablations'\?"),
 ])
 def test_new_notebooks_refuse_typos_before_running(notebook, parameters, message):

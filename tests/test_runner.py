@@ -35,7 +35,7 @@ def profile_file(tmp_path, spec) -> str:
     ({"all": {"epohcs": 2}}, r"profile: 'all' sets 'epohcs', which no notebook declares; did you mean 'epochs'\?"),
     ({"05_nothing": {}}, r"profile: unknown notebook\(s\) \['05_nothing'\]"),
     ({"all": {"lr": 5.0}}, r"02_ood_detection.ipynb: lr: 5.0 must be in \(0, 1\)"),
-    ({"04_occ_calibration": {"occ_rho": "high"}}, r"parameter 'occ_rho' = 'high' is a str, expected float"),
+    ({"04_occ_calibration": {"occ_rho": "high"}}, r"parameter 'occ_rho' = 'high' is a string, expected a number"),
     ({"all": {"seeds": [0, 0]}}, r"02_ood_detection.ipynb: seeds: \[0, 0\] must be a non-empty list of distinct"),
     ({"all": {"data": "no/such/file.csv"}}, r"01_data.ipynb: data: \S*no/such/file.csv does not exist"),
     # a notebook's own parameters, checked before the first notebook too, not when their notebook comes

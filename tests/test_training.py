@@ -212,7 +212,7 @@ def test_config_typo_and_range_fail_fast(pairs_csv):
     good = RunConfig(dataset="csv", data=str(pairs_csv))
     with pytest.raises(ConfigError, match=r"lr: 2.0 must be in \(0, 1\)"):
         replace(good, lr=2.0).validate()
-    with pytest.raises(ConfigError, match=r"epochs: '3' is a str, expected int"):
+    with pytest.raises(ConfigError, match=r"epochs: '3' is a string, expected an integer"):
         replace(good, epochs="3").validate()
     with pytest.raises(ConfigError, match=r"protocol: 'dept' is not one of"):
         replace(good, protocol="dept").validate()

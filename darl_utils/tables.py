@@ -60,14 +60,16 @@ def mean_sd(results: pd.DataFrame, by: list[str], columns: list[str]) -> pd.Data
     return table
 
 
-def protocol_overview(pairs: pd.DataFrame, dataset: str, seed: int = 0) -> pd.DataFrame:
-    """Per protocol: share of pairs and queries that are OOD, and the degree mix in and out."""
-    rows = []
+def protocol_overview(pairs: pd.DataFrame, dataset: str, seed: int = 0) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per protocol: share of pairs and queries that are OOD, and the degree mix in and out; and, for a protocol
+    these pairs cannot be split by, why (whole sentences, not a table cell cut short)."""
+    rows, notes = [], {}
     for protocol in PROTOCOLS:
         try:
             split = make_split(pairs, SplitConfig(protocol=protocol, seed=seed), dataset)
         except ValueError as e:  # e.g. no group column for 'department'
-            rows.append({"protocol": protocol, "note": str(e)})
+            rows.append({"protocol": protocol})
+            notes[protocol] = str(e)
             continue
         ood = pd.concat([split["ood_test"], split["pool_ood"]])
         ind = pd.concat([split[p] for p in ("train", "id_val", "id_test", "pool_id")])
@@ -77,7 +79,7 @@ def protocol_overview(pairs: pd.DataFrame, dataset: str, seed: int = 0) -> pd.Da
                      "OOD queries": split.ood_queries, "leakage dropped": split.total_dropped(),
                      **{f"% {d} ID": round(100 * (ind["label"] == i).mean(), 1) for i, d in enumerate(DEGREES)},
                      **{f"% {d} OOD": round(100 * (ood["label"] == i).mean(), 1) for i, d in enumerate(DEGREES)}})
-    return pd.DataFrame(rows).set_index("protocol")
+    return pd.DataFrame(rows).set_index("protocol").astype(object).fillna("–"), notes
 
 
 def text_lengths(split) -> pd.DataFrame:

@@ -55,8 +55,9 @@ def _default_words(default) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):
-        return " ".join(map(str, default)) or "none"
-    return json.dumps(default) if isinstance(default, dict) else repr(default) if default == "" else str(default)
+        return (" ".join(map(str, default)) or "none").replace("%", "%%")
+    words = json.dumps(default) if isinstance(default, dict) else repr(default) if default == "" else str(default)
+    return words.replace("%", "%%")  # argparse formats help with %
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
             if name == "protocol-gap" and f.name == "out_dir":
                 default = "reports/protocol-gap"  # where notebook 01 reads the gaps
             flag = "--" + f.name.replace("_", "-")
-            shown = f"{_help(f)} (default: {_default_words(default)})".replace("%", "%%")
+            shown = f"{_help(f)} (default: {_default_words(default)})"
             if kind is bool:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=shown)
             elif kind in (dict, list):
@@ -120,6 +121,10 @@ def main(argv=None) -> int:
         return draw_umaps(args["path"], args["out"])
     seeds, protocols = args.pop("seeds", None), args.pop("protocols", None)
     if command == "protocol-gap" and args["held_out"]:
+        if "department" not in protocols:
+            print("error: held_out: only the department protocol holds groups out, and --protocols leaves it out",
+                  file=sys.stderr)
+            return 2
         args["protocol"] = "department"  # the protocol its --held-out is for; the others run without it
     try:
         cfg = RunConfig.from_dict(args).validate()

@@ -123,11 +123,14 @@ def _hub_config(name: str) -> str | None:
     if builtin:
         raise BackboneError(f"backbone {name!r}: not a built-in name, a local folder or a hub model; "
                             f"did you mean {builtin[0]!r}?")
-    if (Path(name.split("/")[0]).is_dir()) and "/" in name:
-        raise BackboneError(f"backbone {name!r}: model path does not exist")
-    cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    except huggingface_hub.errors.HFValidationError as e:
+        raise BackboneError(f"backbone {name!r}: not a local folder, and not a hub id ({e})") from None
     if isinstance(cached, str):
         return str(Path(cached).parent)
+    if "/" in name and Path(name.split("/")[0]).is_dir():
+        raise BackboneError(f"backbone {name!r}: model path does not exist")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         raise BackboneError(f"backbone {name!r}: not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE "
                             "is set")

@@ -144,7 +144,7 @@ def check_injected(namespace: dict, notebook: str) -> None:
     injected = [cell for cell in namespace.get("In", []) if cell.startswith(INJECTED_HEADER)]
     if injected:
         names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
-                 for t in node.targets if isinstance(t, ast.Name)]
+                 for t in node.targets if isinstance(t, ast.Name) and not t.id.startswith("PAPERMILL_")]
         check_parameters(NOTEBOOKS / f"{notebook}.ipynb", {name: namespace[name] for name in names})
 
 
@@ -153,6 +153,8 @@ def check_ranges(parameters: dict) -> None:
     for name, (within, why) in NOTEBOOK_RANGES.items():
         value = parameters.get(name, [])
         for item in value if isinstance(value, list) else [value]:
+            if not type_matches(item, float):  # YAML reads 1e-1 (no dot) as a string
+                raise ConfigError(f"{name}: {item!r} is {type_words(type(item))}, expected a number")
             if not in_range(item, within):
                 raise ConfigError(f"{name}: {item!r} {range_words(within)} ({why})")
     if "seeds" in parameters:

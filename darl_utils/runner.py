@@ -27,6 +27,7 @@ import yaml
 
 from .config import ConfigError, RunConfig
 from .index_page import write_index
+from .modeling import ALIASES, BUILTIN
 from .notebooks import (
     NOTEBOOKS,
     VARIED,
@@ -133,7 +134,8 @@ def absolute_paths(params: dict) -> dict:
         if params.get(name) and not Path(params[name]).expanduser().is_absolute():
             params[name] = str(Path(params[name]).expanduser().resolve())
     backbone = params.get("backbone")
-    if backbone and (backbone.startswith(".") or Path(backbone).expanduser().is_dir()):
+    builtin = ALIASES.get(str(backbone).lower(), str(backbone).lower()) in BUILTIN  # a name, even beside a folder
+    if backbone and not builtin and (backbone.startswith(".") or Path(backbone).expanduser().is_dir()):
         params["backbone"] = str(Path(backbone).expanduser().resolve())
     return params
 

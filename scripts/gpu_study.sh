@@ -198,7 +198,7 @@ from darl_utils.runner import load_profile
 name, spec = load_profile(sys.argv[1])
 common = spec.setdefault("all", {})
 for key, where in (("backbone", os.environ["DARL_MINILM"]), ("data", os.environ["DARL_DATA"])):
-    if not any(key in part for part in spec.values()):
+    if not any(key in part for part in spec.values()) and common.get("data") != "synthetic":  # a smoke copy
         common[key] = where
 with open(sys.argv[2], "w") as f:
     f.write(f"# profile {name} with the GPU bundle's MiniLM and data (written by scripts/gpu_study.sh)\n")

@@ -101,6 +101,8 @@ def test_command_line_mistakes_get_one_line_each(pairs_csv, tmp_path, capsys):
     assert cli(["ft", *base, "--held-out", "g1"]) == 2  # query_form, the default, holds out no groups
     assert "held_out: ['g1'] names groups to hold out, which only the department protocol does" in \
         capsys.readouterr().err
+    assert cli(["protocol-gap", *base, "--held-out", "g1", "--protocols", "query_form"]) == 2
+    assert "only the department protocol holds groups out" in capsys.readouterr().err
     assert cli(["umap", str(tmp_path / "nowhere")]) == 2
     assert f"error: umap: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     (tmp_path / "umap-inputs-1-0.safetensors").write_text("not safetensors")

@@ -91,6 +91,14 @@ def test_the_up_front_backbone_check_names_what_is_wrong(tmp_path, monkeypatch, 
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
     with pytest.raises(BackboneError, match=r"and the hub cannot be reached \(\[Errno -2\] Name or service"):
         check_backbone("someone/not-a-cached-model", 64)
+    with pytest.raises(BackboneError, match=r"backbone 'my--model': not a local folder, and not a hub id"):
+        check_backbone("my--model", 64)
+    cached = tmp_path / "hub" / "config.json"  # a hub model in the local cache loads even beside a folder ./org
+    cached.parent.mkdir()
+    cached.write_text('{"max_position_embeddings": 512}')
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(cached))
+    (tmp_path / "org").mkdir()
+    check_backbone("org/model", 512)
     check_backbone(tiny_encoder, 128)  # its config allows 128 positions
     with pytest.raises(BackboneError, match=r"max_length: 129 is more than backbone .* takes \(128 positions\)"):
         check_backbone(tiny_encoder, 129)

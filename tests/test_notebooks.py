@@ -195,6 +195,8 @@ def test_the_setup_cell_helper_takes_the_parameters_that_name_a_setting(tmp_path
         setup({**namespace, "settings": {"occ_direction": "forward"}}, "04_occ_calibration")
     with pytest.raises(ConfigError, match="seeds"):
         setup({**namespace, "seeds": [1, 1]}, "04_occ_calibration")
+    paths = "# Parameters\nseeds = [0]\nPAPERMILL_INPUT_PATH = 'in.ipynb'\n"  # papermill --inject-paths
+    setup({**namespace, "PAPERMILL_INPUT_PATH": "in.ipynb", "In": ["", paths]}, "04_occ_calibration")
     injected = "# Parameters\nmax_lenght = 32\n"  # as papermill injects it, which only warns about the typo
     with pytest.raises(ConfigError, match=r"unknown parameter 'max_lenght'; did you mean 'max_length'\?"):
         setup({**namespace, "max_lenght": 32, "In": ["", "seeds = [0]", injected]}, "04_occ_calibration")

@@ -49,6 +49,8 @@ def profile_file(tmp_path, spec) -> str:
     ({"05_evaluation": {"settings": {"augment": "dasa"}}},
      r"05_evaluation.ipynb: settings: \['augment'\] are set by this notebook itself"),
     ({"all": {"backbone": "minilmm"}}, r"02_ood_detection.ipynb: backbone 'minilmm': .*did you mean 'minilm'\?"),
+    ({"04_occ_calibration": {"rho_sweep": [0.05, "1e-1"]}},  # YAML reads 1e-1 as a string
+     r"04_occ_calibration.ipynb: rho_sweep: '1e-1' is a string, expected a number"),
 ])
 def test_a_bad_profile_stops_before_any_notebook(tmp_path, spec, message, monkeypatch):
     monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
@@ -298,6 +300,8 @@ def test_a_profile_reads_relative_paths_from_where_it_runs_and_merges_settings(t
     assert resolved["02_ood_detection"]["backbone"] == str(work / "models" / "tiny")
     assert resolved["04_occ_calibration"]["settings"] == {"batch_size": 8, "alphas": [0.0, 1.0]}
     assert resolved["03_lpft_alpha_sweep"]["settings"] == {"batch_size": 8}
+    (work / "minilm").mkdir()  # a built-in name stays a name beside a folder of that name
+    assert runner.absolute_paths({"backbone": "minilm"}) == {"backbone": "minilm"}
 
 
 def test_a_copy_of_the_smoke_profile_is_still_a_smoke_run(tmp_path):

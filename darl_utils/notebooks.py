@@ -131,10 +131,19 @@ def setup(namespace: dict, notebook: str) -> tuple[RunConfig, list[int]]:
     names = {f.name for f in fields(RunConfig)} - set(varied)
     values = {**{k: v for k, v in namespace.items() if k in names}, "progress": False}
     settings = namespace.get("settings", {})
-    check_settings(settings, declared_parameters(NOTEBOOKS / f"{notebook}.ipynb"), varied)
+    check_settings(settings, declared_parameters(notebook_path(notebook)), varied)
     cfg = RunConfig.from_dict({**values, **settings}).validate()
     check_ranges(namespace)
     return cfg, check_seeds(namespace["seeds"])
+
+
+def notebook_path(notebook: str) -> Path:
+    """A study notebook by name (05_evaluation), or the path of a user's own notebook."""
+    path = Path(notebook) if str(notebook).endswith(".ipynb") else NOTEBOOKS / f"{notebook}.ipynb"
+    if not path.is_file():
+        study = ", ".join(sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
+        raise ConfigError(f"notebook: {notebook!r} is neither a study notebook ({study}) nor a notebook's path")
+    return path
 
 
 def check_injected(namespace: dict, notebook: str) -> None:
@@ -145,7 +154,7 @@ def check_injected(namespace: dict, notebook: str) -> None:
     if injected:
         names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
                  for t in node.targets if isinstance(t, ast.Name) and not t.id.startswith("PAPERMILL_")]
-        check_parameters(NOTEBOOKS / f"{notebook}.ipynb", {name: namespace[name] for name in names})
+        check_parameters(notebook_path(notebook), {name: namespace[name] for name in names})
 
 
 def check_ranges(parameters: dict) -> None:

@@ -2,6 +2,7 @@ import ast
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -195,6 +196,11 @@ def test_the_setup_cell_helper_takes_the_parameters_that_name_a_setting(tmp_path
         setup({**namespace, "settings": {"occ_direction": "forward"}}, "04_occ_calibration")
     with pytest.raises(ConfigError, match="seeds"):
         setup({**namespace, "seeds": [1, 1]}, "04_occ_calibration")
+    with pytest.raises(ConfigError, match=r"notebook: 'mine' is neither a study notebook \(01_data, "):
+        setup(namespace, "mine")
+    own = tmp_path / "mine.ipynb"  # a user's own notebook, by its path
+    shutil.copy(NB04, own)
+    assert setup(namespace, str(own))[1] == [0, 2]
     paths = "# Parameters\nseeds = [0]\nPAPERMILL_INPUT_PATH = 'in.ipynb'\n"  # papermill --inject-paths
     setup({**namespace, "PAPERMILL_INPUT_PATH": "in.ipynb", "In": ["", paths]}, "04_occ_calibration")
     injected = "# Parameters\nmax_lenght = 32\n"  # as papermill injects it, which only warns about the typo

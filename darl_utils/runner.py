@@ -62,6 +62,9 @@ def load_profile(profile: str) -> tuple[str, dict]:
     path = builtin.get(profile, Path(profile))
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         raise ConfigError(f"profile: {profile!r} is neither one of {list(builtin)} nor a YAML file that exists")
+    if path.stem in builtin and path.resolve() != builtin[path.stem].resolve():  # its report would land in theirs
+        raise ConfigError(f"profile: {path} has the name of the built-in profile {path.stem!r}, whose report it "
+                          "would overwrite (OUT/" + path.stem + "); rename the file")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -70,6 +70,11 @@ def test_profile_files_are_checked(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"must map 'all' and notebook names to mappings"):
         runner.load_profile(str(bad))
     assert cli(["report", "--profile", "quik", "--out", str(tmp_path / "r")]) == 2
+    mine = tmp_path / "quick.yaml"  # a user's file under a built-in name: its report would overwrite quick's
+    shutil.copy(runner.builtin_profiles()["quick"], mine)
+    with pytest.raises(ConfigError, match=r"has the name of the built-in profile 'quick'.*rename the file"):
+        runner.load_profile(str(mine))
+    assert runner.load_profile(str(runner.builtin_profiles()["quick"]))[0] == "quick"  # the file itself, by path
     assert "error: profile: 'quik'" in capsys.readouterr().err
 
 

@@ -29,10 +29,6 @@ from .modeling import BackboneError
 from .splits import PROTOCOLS
 
 
-def _help(f) -> str:
-    return setting_help(f).replace("%", "%%")  # argparse formats help with %
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line (not the forty lines of usage before them)."""
 
@@ -55,9 +51,8 @@ def _default_words(default) -> str:
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):
-        return (" ".join(map(str, default)) or "none").replace("%", "%%")
-    words = json.dumps(default) if isinstance(default, dict) else repr(default) if default == "" else str(default)
-    return words.replace("%", "%%")  # argparse formats help with %
+        return " ".join(map(str, default)) or "none"
+    return json.dumps(default) if isinstance(default, dict) else repr(default) if default == "" else str(default)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
             if name == "protocol-gap" and f.name == "out_dir":
                 default = "reports/protocol-gap"  # where notebook 01 reads the gaps
             flag = "--" + f.name.replace("_", "-")
-            shown = f"{_help(f)} (default: {_default_words(default)})"
+            shown = f"{setting_help(f)} (default: {_default_words(default)})".replace("%", "%%")  # argparse's %
             if kind is bool:
                 p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=shown)
             elif kind in (dict, list):

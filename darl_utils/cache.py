@@ -162,9 +162,9 @@ def computed_once(path: Path, compute: Callable[[], dict]) -> dict[str, np.ndarr
 def weights_tag(backbone: str) -> str:
     """Part of a trained model's cache key when DARL_MINILM stands in for the built-in MiniLM (the GPU bundle's
     float16 copy): other weights than the package's, so runs on them must not share keys with runs on those."""
-    from .modeling import ALIASES
+    from .modeling import builtin_key
     folder = os.environ.get("DARL_MINILM")
-    if not folder or ALIASES.get(backbone.lower(), backbone.lower()) != "minilm":
+    if not folder or builtin_key(backbone) != "minilm":
         return ""
     weights = Path(folder) / "model.safetensors"
     return f"|minilm-weights={weights.stat().st_size if weights.exists() else 'none'}"

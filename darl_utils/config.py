@@ -237,6 +237,7 @@ class RunConfig:
 
 RUNNING = tuple(f.name for f in fields(RunConfig) if f.metadata["running"])  # left out of cache keys
 LPFT_ONLY = tuple(f.name for f in fields(RunConfig) if f.metadata["lpft_only"])  # plain FT ignores these
+OCC_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name.startswith("occ_"))  # the OCC loss's settings
 
 
 def setting_help(f) -> str:

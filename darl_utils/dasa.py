@@ -28,7 +28,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from .cache import atomic_write, data_fingerprint, entry_lock, processes_tag, weights_tag
-from .config import LPFT_ONLY, ConfigError, RunConfig
+from .config import LPFT_ONLY, OCC_FIELDS, ConfigError, RunConfig
 from .data import DEGREES, cache_dir
 from .distributed import broadcast, wait_for_everyone
 from .ood import Mahalanobis, combine, detector_quality, knn_distance, l2_normalise, percentile, select_top
@@ -51,7 +51,6 @@ DETECTED = ("mahalanobis_raw", "knn_raw", "combined")  # what each detector's AU
 # settings the random and oracle controls ignore
 SCORE_ONLY = ("dasa_combination", "dasa_k", "dasa_knn_search", "dasa_mahalanobis", "dasa_features")
 DASA_FIELDS = ("augment", "dasa_budget", "max_pool_pairs") + SCORE_ONLY
-OCC_FIELDS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
 
 
 def augment_exclusions(cfg: RunConfig) -> tuple:

@@ -71,9 +71,14 @@ def convert_smollm2(gguf: Path, target: Path) -> Path:
     return target
 
 
+def builtin_key(name: str) -> str:
+    """The built-in backbone a name stands for (minilm, smollm2, through ALIASES), else the name in lower case."""
+    return ALIASES.get(name.lower(), name.lower())
+
+
 def resolve_backbone(name: str) -> str:
     """A built-in name, a local model folder, or a hub id (returned as is, to be fetched by transformers)."""
-    key = ALIASES.get(name.lower(), name.lower())
+    key = builtin_key(name)
     if key == "minilm":
         folder = os.environ.get("DARL_MINILM")  # the GPU bundle's copy (docs/gpu-node.md)
         if folder:
@@ -106,7 +111,7 @@ def check_backbone(name: str, max_length: int) -> None:
     """Before any work: the backbone can be loaded (a built-in name, a local model folder, a model in the local
     Hugging Face cache, or one the hub has and can be reached for) and takes max_length tokens. A name a letter
     off a built-in one gets a suggestion; a hub id whose first part is a local folder is a missing local path."""
-    if ALIASES.get(name.lower(), name.lower()) == "smollm2":
+    if builtin_key(name) == "smollm2":
         return  # converted from its package on first use (not a check to make here); 8,192 positions
     local = resolve_backbone(name)
     if local == name and not Path(name).expanduser().is_dir():
@@ -119,7 +124,7 @@ def check_backbone(name: str, max_length: int) -> None:
 def _hub_config(name: str) -> str | None:
     """The local folder of a hub model's cached config, else None once the hub says it has the model."""
     import huggingface_hub
-    builtin = difflib.get_close_matches(name.lower(), ["minilm", "smollm2"], n=1, cutoff=0.8)
+    builtin = difflib.get_close_matches(name.lower(), list(BUILTIN), n=1, cutoff=0.8)
     if builtin:
         raise BackboneError(f"backbone {name!r}: not a built-in name, a local folder or a hub model; "
                             f"did you mean {builtin[0]!r}?")

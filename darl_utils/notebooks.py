@@ -11,7 +11,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, in_range, range_words, type_matches, type_words
+from .config import OCC_FIELDS, ConfigError, RunConfig, in_range, range_words, type_matches, type_words
 from .data import project_root
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -25,10 +25,9 @@ NOTEBOOK_RANGES = {"n_examples": ("[0, 20]", "example pairs shown per part"),
                    "rho_sweep": ("(0, 1)", "each an OCC rho"),
                    "occ_lambda": ("> 0", "to test OCC"),
                    "occ_rho": ("(0, 1)", "to test OCC")}
-OCC_SETTINGS = ("occ_lambda", "occ_rho", "occ_prior", "occ_direction", "occ_stage")
 # The settings a notebook sets itself for each method it trains (so never from its `settings`), by notebook
-VARIED = {"02_ood_detection": ("augment",), "04_occ_calibration": OCC_SETTINGS,
-          "05_evaluation": OCC_SETTINGS + ("augment",)}
+VARIED = {"02_ood_detection": ("augment",), "04_occ_calibration": OCC_FIELDS,
+          "05_evaluation": OCC_FIELDS + ("augment",)}
 INJECTED_HEADER = "# Parameters\n"  # the first line of the cell papermill injects
 
 
@@ -133,8 +132,8 @@ def setup(namespace: dict, notebook: str) -> tuple[RunConfig, list[int]]:
     settings = namespace.get("settings", {})
     check_settings(settings, declared_parameters(notebook_path(notebook)), varied)
     cfg = RunConfig.from_dict({**values, **settings}).validate()
-    check_ranges(namespace)
-    return cfg, check_seeds(namespace["seeds"])
+    check_ranges(namespace)  # and the seeds
+    return cfg, namespace["seeds"]
 
 
 def notebook_path(notebook: str) -> Path:

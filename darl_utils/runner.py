@@ -27,7 +27,7 @@ import yaml
 
 from .config import ConfigError, RunConfig
 from .index_page import write_index
-from .modeling import ALIASES, BUILTIN
+from .modeling import BUILTIN, builtin_key
 from .notebooks import (
     NOTEBOOKS,
     VARIED,
@@ -137,7 +137,7 @@ def absolute_paths(params: dict) -> dict:
         if params.get(name) and not Path(params[name]).expanduser().is_absolute():
             params[name] = str(Path(params[name]).expanduser().resolve())
     backbone = params.get("backbone")
-    builtin = ALIASES.get(str(backbone).lower(), str(backbone).lower()) in BUILTIN  # a name, even beside a folder
+    builtin = builtin_key(str(backbone)) in BUILTIN  # a name, even beside a folder of that name
     if backbone and not builtin and (backbone.startswith(".") or Path(backbone).expanduser().is_dir()):
         params["backbone"] = str(Path(backbone).expanduser().resolve())
     return params

@@ -213,13 +213,9 @@ class RunConfig:
         if self.device == "cuda":
             if not torch.cuda.is_available():
                 raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA GPU")
-        out = Path(self.out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"out_dir: {self.out_dir!r} cannot be created ({e.strerror})") from None
-        if not os.access(out, os.W_OK):
-            raise ConfigError(f"out_dir: {self.out_dir!r} is not writable")
+        problem = folder_problem(Path(self.out_dir))  # checked, not created: results make it when they are written
+        if problem:
+            raise ConfigError(f"out_dir: {self.out_dir!r} cannot be written ({problem})")
         try:
             check_backbone(self.backbone, self.max_length)
         except BackboneError as e:
@@ -233,6 +229,17 @@ class RunConfig:
                 near = difflib.get_close_matches(name, known, n=1)
                 raise ConfigError(f"unknown setting {name!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
         return cls(**values)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written under folder, made with its parents where missing; None if they can. Nothing is
+    created: its nearest existing parent must be a writable folder."""
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 RUNNING = tuple(f.name for f in fields(RunConfig) if f.metadata["running"])  # left out of cache keys

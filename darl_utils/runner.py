@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import html
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import fields
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, folder_problem
 from .index_page import write_index
 from .modeling import BUILTIN, builtin_key
 from .notebooks import (
@@ -89,11 +91,9 @@ def with_synthetic_assets(spec: dict, folder: Path) -> dict:
 
 def check_output_folder(out: Path) -> None:
     """The report's folder can be made and written (its nearest existing parent is a writable folder)."""
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"out: {existing} is a file, not a folder; pass another --out")
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"out: {existing} is not writable; pass another --out")
+    problem = folder_problem(out)
+    if problem:
+        raise ConfigError(f"out: {problem}; pass another --out")
 
 
 def resolve(spec: dict, notebooks: list[Path], out: Path) -> dict[Path, dict]:
@@ -147,7 +147,7 @@ def check_values(notebook: Path, params: dict) -> None:
     """Range checks before anything runs: the settings a RunConfig knows, validated as one; then the notebook's own
     parameters (NOTEBOOK_RANGES, seeds)."""
     known = {f.name for f in fields(RunConfig)}
-    values = {k: v for k, v in params.items() if k in known and k != "out_dir"}  # validate() would create it
+    values = {k: v for k, v in params.items() if k in known}
     values.update(params.get("settings", {}))
     try:
         check_settings(params.get("settings", {}), params, VARIED.get(notebook.stem, ()))
@@ -293,12 +293,35 @@ def execute(notebook: Path, params: dict, out: Path, progress: bool, last_comple
             "page": page.name, "executed": executed.name, "ran": time.strftime("%Y-%m-%d %H:%M")}
 
 
+ERROR_MARKER = "papermill-error-cell-tag"  # papermill's tag on the two notes it adds to a failed notebook
+
+
+def name_the_failed_cell(nb) -> None:
+    """Papermill's notes on a failed notebook point at "In [3]", a prompt the page hides: the top note says the
+    error instead, and the note above the failed cell quotes that cell's code."""
+    marked = [i for i, cell in enumerate(nb.cells) if ERROR_MARKER in cell.metadata.get("tags", [])]
+    if len(marked) != 2 or marked[1] + 1 >= len(nb.cells):
+        return
+    failed = nb.cells[marked[1] + 1]
+    error = next((o for o in failed.get("outputs", []) if o.output_type == "error"), None)
+    said = f"{error.ename}: {html.escape(error.evalue)}" if error else "an error"
+    style = 'style="color:red; font-size:1.4em;"'
+    fence = "`" * max([3] + [len(run) + 1 for run in re.findall("`+", failed.source)])  # longer than any inside
+    nb.cells[marked[0]].source = (f'<span {style}>This notebook stopped at <a href="#papermill-error-cell">a cell '
+                                  f'below</a> with {said}</span>')
+    nb.cells[marked[1]].source = (f'<span id="papermill-error-cell" {style}>It stopped here, in this cell:</span>'
+                                  f'\n\n{fence}python\n{failed.source}\n{fence}')
+
+
 def to_html(executed: Path, page: Path) -> None:
-    """An HTML page of an executed notebook: inputs hidden, figures inline, written at once."""
+    """An HTML page of an executed notebook: inputs hidden (a failed cell's quoted), figures inline, written at
+    once."""
     import nbformat
     from nbconvert import HTMLExporter
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    nb = nbformat.read(str(executed), as_version=4)
+    name_the_failed_cell(nb)
+    body, _ = exporter.from_notebook_node(nb)
     partial = page.with_suffix(".tmp")
     partial.write_text(body, encoding="utf-8")
     partial.replace(page)

@@ -108,3 +108,13 @@ def test_command_line_mistakes_get_one_line_each(pairs_csv, tmp_path, capsys):
     (tmp_path / "umap-inputs-1-0.safetensors").write_text("not safetensors")
     assert cli(["umap", str(tmp_path / "umap-inputs-1-0.safetensors")]) == 2
     assert "is not a safetensors file" in capsys.readouterr().err
+
+
+def test_validating_checks_the_output_folder_without_creating_it(pairs_csv, tmp_path):
+    out = tmp_path / "not" / "yet"
+    RunConfig(dataset="csv", data=str(pairs_csv), out_dir=str(out)).validate()
+    assert not (tmp_path / "not").exists()  # `split` and `select` write nothing there; a run's results make it
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ConfigError, match=rf"^out_dir: '.*taken/sub' cannot be written \({tmp_path / 'taken'} is a "
+                                          r"file, not a folder\)"):
+        RunConfig(dataset="csv", data=str(pairs_csv), out_dir=str(tmp_path / "taken" / "sub")).validate()

@@ -322,3 +322,23 @@ def test_an_output_folder_that_is_a_file_is_refused_up_front(tmp_path, capsys):
     (tmp_path / "taken").write_text("")
     assert cli(["report", "--profile", "smoke", "--out", str(tmp_path / "taken"), "--no-progress"]) == 2
     assert f"error: out: {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_failed_page_quotes_the_failed_cell_instead_of_its_hidden_prompt(tmp_path):
+    import nbformat
+    from papermill.exceptions import PapermillExecutionError
+    from papermill.execute import raise_for_execution_errors
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", execution_count=1),
+                                         nbformat.v4.new_code_cell("fit(x, lr='`fast`')", execution_count=2)])
+    nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="lr: 'fast' <is> no number",
+                                                  traceback=["ValueError: lr: 'fast' <is> no number"])]
+    executed = tmp_path / "failed.ipynb"
+    with pytest.raises(PapermillExecutionError):
+        raise_for_execution_errors(nb, str(executed))  # papermill's own notes, as a report's failed run has them
+    assert "In [2]" in executed.read_text()
+    runner.to_html(executed, tmp_path / "failed.html")
+    page = (tmp_path / "failed.html").read_text()
+    assert "In [2]" not in page
+    assert "stopped at" in page and "ValueError: lr: 'fast' &lt;is&gt; no number" in page
+    assert "It stopped here, in this cell" in page
+    assert page.index("It stopped here") < page.index(">fit<") < page.rindex("no number")  # the code, then its error

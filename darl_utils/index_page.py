@@ -152,7 +152,6 @@ def results_table(out: Path) -> str:
     if not records:
         return "<p>No results yet.</p>"
     frame = comparison(results_frame(records))
-    frame["model"] = frame["model"].str.replace(" (0.6)", " (alpha 0.6)", regex=False)  # as in the main table
     # the same model can be evaluated by several notebooks (shared through the cache, or LP inside two LPFT
     # runs): count it once per seed
     frame = frame.drop_duplicates(subset=["model", "seed", "id_macro_f1", "ood_macro_f1"])

@@ -107,7 +107,7 @@ def sweep_frame(runs: list[dict]) -> pd.DataFrame:
 
 
 def comparison(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows named for the comparison tables: FT..., LP..., LPFT (alpha*), LPFT (0.6), LPFT (alpha 1)."""
+    """Rows named for the comparison tables: FT..., LP..., LPFT (alpha*), LPFT (alpha 0.6), LPFT (alpha 1)."""
     picked = []
     for _, row in frame.iterrows():
         if not str(row["method"]).startswith("LPFT"):
@@ -116,7 +116,7 @@ def comparison(frame: pd.DataFrame) -> pd.DataFrame:
         if row["selected"]:
             picked.append({**row, "model": f"{row['method']} (alpha*)"})
         if np.isclose(row["alpha"], 0.6):
-            picked.append({**row, "model": f"{row['method']} (0.6)"})
+            picked.append({**row, "model": f"{row['method']} (alpha 0.6)"})
         if np.isclose(row["alpha"], 1.0):
             picked.append({**row, "model": f"{row['method']} (alpha 1)"})
     return pd.DataFrame(picked)
@@ -146,7 +146,7 @@ MAIN_MODELS = {
     "FT": "FT",
     "LP": "LP",
     "LPFT (alpha*)": "LPFT (alpha*)",
-    "LPFT (0.6)": "LPFT (alpha 0.6)",
+    "LPFT (alpha 0.6)": "LPFT (alpha 0.6)",
     "FT+LS": "FT + label smoothing",
     "FT+fKL": "FT + forward KL (OCC's control)",
     "FT+OCC": "FT + OCC",

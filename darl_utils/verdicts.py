@@ -4,7 +4,7 @@ models on the same test pairs with a 95 % paired-bootstrap interval over test qu
 A claim "holds" only when the interval lies on the claimed side of zero, "does not hold" when it lies on the other
 side, and is "not distinguishable" when it contains zero. The tables these functions read name models as
 `tables.comparison` does: FT, LP, FT+OCC, FT+fKL, FT+LS, FT+DASA, FT+random, FT+length-matched, FT+oracle,
-LPFT (alpha*), LPFT (0.6), LPFT+OCC+DASA (alpha*) (DaRL) and its ablations; one row per model and seed, with the
+LPFT (alpha*), LPFT (alpha 0.6), LPFT+OCC+DASA (alpha*) (DaRL) and its ablations; one row per model and seed, with the
 result line in `record`.
 """
 from __future__ import annotations
@@ -90,8 +90,8 @@ def claim2(table: pd.DataFrame, lpft: str = "LPFT (alpha*)", base: str = "FT") -
     alpha = table[table["model"] == lpft]["alpha"].mean()
     text = (f"Claim 2 {verdict_word(balance)}: {lpft} minus {base} (alpha* {alpha:.2f} on average over seeds), "
             f"mean of ID and OOD macro-F1: {balance.text()}; ID {each['ID'].text()}, OOD {each['OOD'].text()}.")
-    if _has(table, "LPFT (0.6)"):
-        paper = paired_mean_difference([seed_predictions(table, "LPFT (0.6)", base, p) for p in PARTS.values()],
+    if _has(table, "LPFT (alpha 0.6)"):
+        paper = paired_mean_difference([seed_predictions(table, "LPFT (alpha 0.6)", base, p) for p in PARTS.values()],
                                        "macro_f1", RESAMPLES, BOOTSTRAP_SEED)
         text += f" At the paper's alpha = 0.6: {paper.text()} ({verdict_word(paper)})."
     if alpha == 0:

@@ -99,7 +99,7 @@ def test_lpft_and_occ_notebooks_run_on_the_smoke_profile(tmp_path, pairs_csv, ti
     params = smoke_parameters(pairs_csv, tiny_encoder, tmp_path / "lpft")
     nb = run_notebook(NB03, tmp_path / "03.ipynb", {**params, "alphas": [0.0, 0.5, 0.6, 1.0]}, progress=False)
     text = outputs_text(nb)
-    for row in ("FT", "LP", "LPFT (alpha*)", "LPFT (0.6)", "LPFT (alpha 1)"):
+    for row in ("FT", "LP", "LPFT (alpha*)", "LPFT (alpha 0.6)", "LPFT (alpha 1)"):
         assert f"\n{row} " in text, row
     assert "alpha* per seed: {0: " in text and "Claim 2 " in text and images(nb) == 1
     assert "ID macro-F1" in text and "seed 1" in text  # both seeds ran

@@ -2,6 +2,7 @@
 #   make study   - install what is needed, then run the study: every notebook of PROFILE into reports/PROFILE/
 #   make test    - install what is needed (Debian's chromium too, for the report test), then ruff and the tests
 #   make gpu-bundle - the folder an offline GPU node needs (wheels, MiniLM in fp16, data): docs/gpu-node.md
+#   make node-check - the tests and the node's script on a GPU node's versions (torch 2.11 ...), on the CPU
 # ENV=.venv (default) installs into a virtual environment made here; ENV=active uses the Python on PATH
 # (an activated conda environment from environment.yml, say).
 ENV   ?= .venv
@@ -21,7 +22,7 @@ endif
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHROMIUM ?= chromium
 
-.PHONY: install browser study test clean-cache gpu-bundle
+.PHONY: install browser study test clean-cache gpu-bundle node-check
 
 install: $(STAMP)
 
@@ -55,6 +56,13 @@ BUNDLE_ARGS ?=
 
 gpu-bundle: install
 	$(PY) scripts/gpu_bundle.py --python $(GPU_PYTHON) --out $(BUNDLE) $(BUNDLE_ARGS)
+
+# a GPU node's Python and package versions (scripts/node-constraints.txt) in .node-venv: scripts/gpu_study.sh on the
+# smoke profile, then the tests (ARGS); about 3 GB of torch's CUDA build from the package index
+NODE_PYTHON ?= python3.12
+
+node-check: install
+	scripts/node_check.sh $(NODE_PYTHON) $(ARGS)
 
 clean-cache:
 	rm -rf data/cache

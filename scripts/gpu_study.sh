@@ -17,7 +17,11 @@
 #
 # Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
 # checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
-# is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU).
+# is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU), DARL_STEPS (which
+# of gpu-tests, benchmark and report run; default all three).
+#
+# A rerun in the same work folder resumes: the cache and the report's finished notebooks are kept, so a report
+# stopped at the time limit goes on where it stopped (DARL_STEPS=report skips what already ran).
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
@@ -29,9 +33,16 @@ BUNDLE=$(cd "$1" && pwd)
 PROFILE=${2:-full}
 PYTHON=${PYTHON:-python3}
 LIMIT=${DARL_TIME_LIMIT:-570}
+STEPS=${DARL_STEPS:-gpu-tests benchmark report}
 PACK_SECONDS=30  # kept for packing when there is a time limit
 ARCHIVE_LIMIT=$((16 * 1024 * 1024))
 STARTED=$(date +%s)
+for wanted in $STEPS; do
+  if [[ ! " gpu-tests benchmark report " == *" $wanted "* ]]; then
+    echo "error: DARL_STEPS: unknown step '$wanted'; the steps are gpu-tests, benchmark and report" >&2
+    exit 2
+  fi
+done
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
   echo "error: $BUNDLE is not a bundle (no MANIFEST.json); build one with make gpu-bundle" >&2
   exit 2
@@ -46,8 +57,11 @@ NAME=$(basename "$PROFILE")
 NAME=${NAME%.yaml}
 NAME=${NAME%.yml}
 [[ $NAME == smoke ]] || NAME=$NAME-node
-rm -rf "$LOGS" "$WORK/umap"
+rm -rf "$WORK/umap"
 mkdir -p "$LOGS" "$DEST"
+# a rerun keeps the logs of the steps it does not run (DARL_STEPS), which its archive brings back again
+rm -f "$LOGS/steps.txt"
+for s in venv install kernel $STEPS; do rm -f "$LOGS/$s.log" "$LOGS/$s.xml"; done
 
 export DARL_CACHE=$WORK/cache DARL_DATA=$BUNDLE/data/train.csv.gz DARL_MINILM=$BUNDLE/minilm
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -82,6 +96,10 @@ skip() {
 }
 
 ok() { [[ ${STATUS[$1]:-1} == 0 ]]; }
+
+chosen() { [[ " $STEPS " == *" $1 "* ]]; }
+
+not_chosen() { printf '%-10s not run: not in DARL_STEPS\n' "$1:" | tee -a "$LOGS/steps.txt"; }
 
 # limited COMMAND...: the command, stopped in time to pack when there is a time limit
 limited() {
@@ -249,9 +267,11 @@ echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WO
 step venv make_venv
 if ok venv; then step install install_wheels; else skip install "no venv"; fi
 if ok install; then step kernel register_kernel; else skip kernel "nothing installed"; fi
-if ok install; then step gpu-tests gpu_tests; else skip gpu-tests "nothing installed"; fi
-if ok install; then step benchmark benchmark; else skip benchmark "nothing installed"; fi
-if ok kernel; then step report report; else skip report "no kernel"; fi
+if ! chosen gpu-tests; then not_chosen gpu-tests; elif ok install; then step gpu-tests gpu_tests
+else skip gpu-tests "nothing installed"; fi
+if ! chosen benchmark; then not_chosen benchmark; elif ok install; then step benchmark benchmark
+else skip benchmark "nothing installed"; fi
+if ! chosen report; then not_chosen report; elif ok kernel; then step report report; else skip report "no kernel"; fi
 trap - INT TERM
 pack
 echo "total $(( $(date +%s) - STARTED )) s"

@@ -8,12 +8,16 @@ dynamic padding, bf16 autocast with float32 master weights on a GPU (fp32 on a C
 decay, the same learning rates, gradient clipping and epochs. Each first runs `--warmup-steps` steps that are
 not timed. Printed per batch size: training samples per second of each and their ratio (ours / Trainer), peak
 GPU memory, and each model's id_val macro-F1 after the same epochs, so that speed is not bought with quality.
+Each measurement also appends one JSON line, with the options, the machine and the date, to
+<out-dir>/throughput.jsonl.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -110,6 +114,14 @@ def measure(cfg: RunConfig, warmup_steps: int, out_dir: str) -> dict:
     return line
 
 
+def append_line(path: Path, line: dict) -> None:
+    """One measurement with the machine it ran on and when, as a JSON line (figures are made from these)."""
+    env = pipeline.environment()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({**line, "machine": env, "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="")
@@ -134,6 +146,7 @@ def main(argv=None) -> list[dict]:
                         out_dir=args.out_dir).validate()
         line = measure(cfg, args.warmup_steps, args.out_dir)
         lines.append(line)
+        append_line(Path(args.out_dir) / "throughput.jsonl", {**vars(args), **line})
         peak = "" if line["ours_peak_gib"] is None else \
             f"; peak GPU memory ours {line['ours_peak_gib']:.2f} GiB, Trainer {line['trainer_peak_gib']:.2f} GiB"
         print(f"batch {batch}, {line['pairs']:,} train pairs x {args.epochs} epoch(s): ours "

@@ -11,7 +11,8 @@
 #
 # What comes back is one archive of at most 16 MiB, darl-gpu-NAME.tar.gz (NAME: smoke, or the profile's name with
 # -node), in $OUT if set, else in the work folder: the HTML pages and index.html, the results (JSON lines and run
-# records), the logs and the UMAP inputs, which `darl-study umap` draws afterwards (umap-learn is not on the node).
+# records), the benchmark's JSON lines, the logs and the UMAP inputs, which `darl-study umap` draws afterwards
+# (umap-learn is not on the node).
 # A failed step is logged, the steps that can still run do, the archive is packed whatever happened, and the exit
 # status is then 1.
 #
@@ -245,6 +246,7 @@ pack() {
     find "reports/$NAME/results" -mindepth 2 -maxdepth 2 -type f \( -name '*.jsonl' -o -name '*.json' \) \
       -not -path '*.previous/*' 2>/dev/null || true
     find logs umap -type f 2>/dev/null || true
+    find benchmarks -name '*.jsonl' 2>/dev/null || true
     [[ ! -f $NAME.yaml ]] || echo "$NAME.yaml"
   ) | sort >"$WORK/packed.txt"
   tar -czf "$archive" -C "$WORK" -T "$WORK/packed.txt"

@@ -1,4 +1,5 @@
 """The benchmarks run (a small CPU mode); their figures are for reading, not asserted against targets."""
+import json
 import runpy
 import sys
 from dataclasses import replace
@@ -24,6 +25,8 @@ def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_
     for name in ("ours", "trainer"):
         assert 0 <= line[f"{name}_id_val_macro_f1"] <= 1
     assert "batch 16, " in capsys.readouterr().out
+    [saved] = [json.loads(x) for x in (tmp_path / "throughput.jsonl").read_text().splitlines()]
+    assert saved["ratio"] == line["ratio"] and saved["batch_sizes"] == [16] and saved["machine"]["device"]
 
 
 def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsys):

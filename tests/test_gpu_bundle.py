@@ -232,7 +232,7 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
         tar.extractall(unpacked, filter="data")  # the safe default of Python 3.14
     pages = {f"reports/smoke/{nb.stem}.html" for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert pages | {"reports/smoke/index.html", "logs/steps.txt", "logs/install.log", "logs/gpu-tests.log",
-                    "logs/benchmark.log", "logs/report.log"} <= names
+                    "logs/benchmark.log", "logs/report.log", "benchmarks/throughput.jsonl"} <= names
     assert {n for n in names if n.endswith("results.jsonl")} >= {f"reports/smoke/results/{nb}/results.jsonl" for nb in
                                                                 ("02_ood_detection", "05_evaluation")}
     index = (unpacked / "reports/smoke/index.html").read_text()

@@ -62,7 +62,7 @@ gpu-bundle: install
 NODE_PYTHON ?= python3.12
 
 node-check: install
-	scripts/node_check.sh $(NODE_PYTHON) $(ARGS)
+	HERE_PY=$(PY) scripts/node_check.sh $(NODE_PYTHON) $(ARGS)
 
 clean-cache:
 	rm -rf data/cache

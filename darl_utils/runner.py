@@ -304,11 +304,12 @@ def name_the_failed_cell(nb) -> None:
         return
     failed = nb.cells[marked[1] + 1]
     error = next((o for o in failed.get("outputs", []) if o.output_type == "error"), None)
-    said = f"{error.ename}: {html.escape(error.evalue)}" if error else "an error"
+    said = html.escape(f"{error.ename}: {error.evalue}".splitlines()[0], quote=False) if error else "an error"
     style = 'style="color:red; font-size:1.4em;"'
     fence = "`" * max([3] + [len(run) + 1 for run in re.findall("`+", failed.source)])  # longer than any inside
-    nb.cells[marked[0]].source = (f'<span {style}>This notebook stopped at <a href="#papermill-error-cell">a cell '
-                                  f'below</a> with {said}</span>')
+    # a <div> line is raw HTML to markdown: the message's own * or < stay as they are
+    nb.cells[marked[0]].source = (f'<div {style}>This notebook stopped at <a href="#papermill-error-cell">a cell '
+                                  f'below</a> with {said}</div>')
     nb.cells[marked[1]].source = (f'<span id="papermill-error-cell" {style}>It stopped here, in this cell:</span>'
                                   f'\n\n{fence}python\n{failed.source}\n{fence}')
 

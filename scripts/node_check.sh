@@ -4,8 +4,9 @@
 #     scripts/node_check.sh PYTHON [PYTEST_OPTIONS...]    # make node-check NODE_PYTHON=python3.12 ARGS=...
 #
 # 1. NODE_VENV (default .node-venv), made from PYTHON, holds what the node holds at the node's versions
-#    (scripts/node-constraints.txt: torch 2.11, transformers 5.17 ...) and nothing else; scripts/gpu_study.sh runs the smoke profile with it as
-#    the node's Python (itself a virtual environment, as a node's often is), from a bundle made for its version.
+#    (scripts/node-constraints.txt: torch 2.11, transformers 5.17 ...) and nothing else (pytest comes from the
+#    bundle); scripts/gpu_study.sh runs the smoke profile with it as the node's Python (itself a virtual
+#    environment, as a node's often is), from a bundle made for its version.
 # 2. The rest of darl-study's dependencies go into it (the pinned versions stay), and the test suite runs there.
 # It needs a package index: torch's CUDA build and its libraries are about 3 GB (the tests run them on the CPU).
 set -euo pipefail
@@ -27,7 +28,7 @@ cd "$ROOT"
 echo "== the node: Python $VERSION in $VENV, with $(grep -v '^#' "$CONSTRAINTS" | tr '\n' ' ')"
 "$NODE_PYTHON" -m venv --clear "$VENV"
 "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch transformers huggingface_hub tokenizers safetensors \
-  numpy accelerate torchmetrics scikit-learn pandas matplotlib seaborn scipy pyyaml tqdm pytest
+  numpy accelerate torchmetrics scikit-learn pandas matplotlib seaborn scipy pyyaml tqdm  # pytest: the bundle's
 
 echo "== scripts/gpu_study.sh on the smoke profile, from a bundle for Python $VERSION"
 rm -rf "$WORK"

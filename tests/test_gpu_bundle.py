@@ -156,6 +156,10 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     typo = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                           text=True, env={**env, "DARL_STEPS": "report benchmrk"})
     assert typo.returncode == 2 and "DARL_STEPS: unknown step 'benchmrk'" in typo.stderr
+    tabbed = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
+                            text=True, env={**env, "DARL_STEPS": "gpu-tests\treport\n"}, timeout=120)
+    assert "benchmark: not run: not in DARL_STEPS" in tabbed.stdout  # the two named steps are chosen, not skipped
+    assert "gpu-tests: not run" not in tabbed.stdout and "report:    skipped: no kernel" in tabbed.stdout
 
 
 def emulated_node(folder: Path) -> Path:

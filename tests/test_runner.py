@@ -330,7 +330,8 @@ def test_a_failed_page_quotes_the_failed_cell_instead_of_its_hidden_prompt(tmp_p
     from papermill.execute import raise_for_execution_errors
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", execution_count=1),
                                          nbformat.v4.new_code_cell("fit(x, lr='`fast`')", execution_count=2)])
-    nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="lr: 'fast' <is> no number",
+    said = "lr: 'fast' <is> no *number*\n\n    detail"  # markdown would make a paragraph, a code block, italics
+    nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue=said,
                                                   traceback=["ValueError: lr: 'fast' <is> no number"])]
     executed = tmp_path / "failed.ipynb"
     with pytest.raises(PapermillExecutionError):
@@ -339,6 +340,8 @@ def test_a_failed_page_quotes_the_failed_cell_instead_of_its_hidden_prompt(tmp_p
     runner.to_html(executed, tmp_path / "failed.html")
     page = (tmp_path / "failed.html").read_text()
     assert "In [2]" not in page
-    assert "stopped at" in page and "ValueError: lr: 'fast' &lt;is&gt; no number" in page
+    top = page[page.index("This notebook stopped at"):page.index("It stopped here")]
+    assert "ValueError: lr: 'fast' &lt;is&gt; no *number*</div>" in top  # its first line, as written
+    assert "detail" not in top and "<em>" not in top
     assert "It stopped here, in this cell" in page
     assert page.index("It stopped here") < page.index(">fit<") < page.rindex("no number")  # the code, then its error

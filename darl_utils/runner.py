@@ -293,13 +293,11 @@ def execute(notebook: Path, params: dict, out: Path, progress: bool, last_comple
             "page": page.name, "executed": executed.name, "ran": time.strftime("%Y-%m-%d %H:%M")}
 
 
-ERROR_MARKER = "papermill-error-cell-tag"  # papermill's tag on the two notes it adds to a failed notebook
-
-
 def name_the_failed_cell(nb) -> None:
     """Papermill's notes on a failed notebook point at "In [3]", a prompt the page hides: the top note says the
     error instead, and the note above the failed cell quotes that cell's code."""
-    marked = [i for i, cell in enumerate(nb.cells) if ERROR_MARKER in cell.metadata.get("tags", [])]
+    from papermill.execute import ERROR_MARKER_TAG  # papermill's tag on the two notes
+    marked = [i for i, cell in enumerate(nb.cells) if ERROR_MARKER_TAG in cell.metadata.get("tags", [])]
     if len(marked) != 2 or marked[1] + 1 >= len(nb.cells):
         return
     failed = nb.cells[marked[1] + 1]

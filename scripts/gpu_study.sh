@@ -34,13 +34,14 @@ BUNDLE=$(cd "$1" && pwd)
 PROFILE=${2:-full}
 PYTHON=${PYTHON:-python3}
 LIMIT=${DARL_TIME_LIMIT:-570}
-STEPS=$(tr -s '[:space:]' ' ' <<<"${DARL_STEPS:-gpu-tests benchmark report}")  # one space between names
+ALL_STEPS="gpu-tests benchmark report"
+STEPS=$(tr -s '[:space:]' ' ' <<<"${DARL_STEPS:-$ALL_STEPS}")  # one space between names
 PACK_SECONDS=30  # kept for packing when there is a time limit
 ARCHIVE_LIMIT=$((16 * 1024 * 1024))
 STARTED=$(date +%s)
 for wanted in $STEPS; do
-  if [[ ! " gpu-tests benchmark report " == *" $wanted "* ]]; then
-    echo "error: DARL_STEPS: unknown step '$wanted'; the steps are gpu-tests, benchmark and report" >&2
+  if [[ ! " $ALL_STEPS " == *" $wanted "* ]]; then
+    echo "error: DARL_STEPS: unknown step '$wanted'; the steps are $ALL_STEPS" >&2
     exit 2
   fi
 done
@@ -98,9 +99,16 @@ skip() {
 
 ok() { [[ ${STATUS[$1]:-1} == 0 ]]; }
 
-chosen() { [[ " $STEPS " == *" $1 "* ]]; }
-
-not_chosen() { printf '%-10s not run: not in DARL_STEPS\n' "$1:" | tee -a "$LOGS/steps.txt"; }
+# chosen_step NAME FUNCTION NEEDS WHY: the step, if DARL_STEPS names it and step NEEDS went well (else WHY)
+chosen_step() {
+  if [[ " $STEPS " != *" $1 "* ]]; then
+    printf '%-10s not run: not in DARL_STEPS\n' "$1:" | tee -a "$LOGS/steps.txt"
+  elif ok "$3"; then
+    step "$1" "$2"
+  else
+    skip "$1" "$4"
+  fi
+}
 
 # limited COMMAND...: the command, stopped in time to pack when there is a time limit
 limited() {
@@ -269,11 +277,9 @@ echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WO
 step venv make_venv
 if ok venv; then step install install_wheels; else skip install "no venv"; fi
 if ok install; then step kernel register_kernel; else skip kernel "nothing installed"; fi
-if ! chosen gpu-tests; then not_chosen gpu-tests; elif ok install; then step gpu-tests gpu_tests
-else skip gpu-tests "nothing installed"; fi
-if ! chosen benchmark; then not_chosen benchmark; elif ok install; then step benchmark benchmark
-else skip benchmark "nothing installed"; fi
-if ! chosen report; then not_chosen report; elif ok kernel; then step report report; else skip report "no kernel"; fi
+chosen_step gpu-tests gpu_tests install "nothing installed"
+chosen_step benchmark benchmark install "nothing installed"
+chosen_step report report kernel "no kernel"
 trap - INT TERM
 pack
 echo "total $(( $(date +%s) - STARTED )) s"

@@ -27,8 +27,10 @@ cd "$ROOT"
 
 echo "== the node: Python $VERSION in $VENV, with $(grep -v '^#' "$CONSTRAINTS" | tr '\n' ' ')"
 "$NODE_PYTHON" -m venv --clear "$VENV"
-"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch transformers huggingface_hub tokenizers safetensors \
-  numpy accelerate torchmetrics scikit-learn pandas matplotlib seaborn scipy pyyaml tqdm  # pytest: the bundle's
+# the node's packages as the bundle builder counts them (gpu_bundle.NODE); pytest comes from the bundle
+NODE_LIST='import sys; sys.path.insert(0, "scripts"); import gpu_bundle; print(*gpu_bundle.NODE)'
+read -r -a NODE <<<"$("$HERE_PY" -c "$NODE_LIST")"
+"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" "${NODE[@]}"
 
 echo "== scripts/gpu_study.sh on the smoke profile, from a bundle for Python $VERSION"
 rm -rf "$WORK"

@@ -114,9 +114,9 @@ def measure(cfg: RunConfig, warmup_steps: int, out_dir: str) -> dict:
     return line
 
 
-def append_line(path: Path, line: dict) -> None:
+def append_line(path: Path, line: dict, device) -> None:
     """One measurement with the machine it ran on and when, as a JSON line (figures are made from these)."""
-    env = pipeline.environment()
+    env = pipeline.environment(device)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps({**line, "machine": env, "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")

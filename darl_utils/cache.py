@@ -71,12 +71,16 @@ def processes_tag() -> str:
     return f"|processes={world_size()}" if world_size() > 1 else ""
 
 
-def environment() -> dict:
-    """What a reader needs to place a timing or a figure: the machine and the versions (kept in every record)."""
+def environment(device=None) -> dict:
+    """What a reader needs to place a timing or a figure: the machine and the versions (kept in every record).
+    `device` is the one the work ran on (a run on the CPU of a machine with a GPU says CPU); None: the machine's
+    first GPU where one is visible, else its CPU."""
     import torch
     import transformers
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"device": gpu or f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "cuda": torch.version.cuda,
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    cpu = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    name = torch.cuda.get_device_name(device.index or 0) if device.type == "cuda" else cpu
+    return {"device": name, "cuda": torch.version.cuda,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
 

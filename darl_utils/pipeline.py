@@ -217,7 +217,7 @@ def base_record(method: str, ctx: Context, folder: Path, started: float) -> dict
             "sizes": {p: len(df) for p, df in ctx.parts.items()}, "split_dir": stored_path(split.directory),
             "held_out": split.held_out, "load_dropped": split.load_dropped,
             "leakage_dropped": split.leakage_dropped, "augmentation": ctx.augmentation, "world_size": ctx.runtime.world,
-            "environment": environment(), "seconds": round(time.time() - started, 1),
+            "environment": environment(ctx.runtime.device), "seconds": round(time.time() - started, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": stored_path(folder),
             "predictions": stored_path(folder / "predictions.safetensors")}
 

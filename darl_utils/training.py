@@ -151,7 +151,7 @@ class BestKeeper:
 
 class Fit(NamedTuple):
     """What train_model returns."""
-    record: dict  # JSON: per epoch the mean loss and id_val macro-F1, the best of those, steps per epoch
+    record: dict  # JSON: per epoch the mean loss and id_val macro-F1, the best of those, steps per epoch, seconds
     id_val_logits: np.ndarray  # of the kept weights: the evaluation reuses them instead of a second pass
 
 
@@ -223,6 +223,19 @@ def _oom_message(e: Exception, settings: TrainSettings, runtime: Runtime) -> str
             f"max_length ({str(e).splitlines()[0]})")
 
 
+def waited_for(loader, clock: dict):
+    """The loader's batches, adding the time spent waiting for each to clock["data"]: where that is a large share
+    of the training time, the loop is starved by collation, not bound by the device."""
+    batches = iter(loader)
+    while True:
+        started = time.perf_counter()
+        batch = next(batches, None)
+        clock["data"] += time.perf_counter() - started
+        if batch is None:
+            return
+        yield batch
+
+
 SYNC_EVERY = 50  # steps between reads of the loss on the host (finiteness check, progress bar)
 
 
@@ -259,13 +272,15 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     total = settings.epochs * len(loader)
     scheduler = linear_schedule(optimizer, total, settings.warmup_ratio)
     history, keeper = [], BestKeeper(settings.patience)
+    clock = {"train": 0.0, "data": 0.0}  # seconds in the training steps, and the part spent waiting for batches
     bar = tqdm(total=total, disable=not (settings.progress and runtime.main), desc="train")
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
         wrapped.train()
         # the loss stays on the device: reading it every step would make the GPU wait for Python
         total_loss, window, steps = torch.zeros((), device=runtime.device), [], 0
-        for batch in loader:
+        epoch_started = time.perf_counter()
+        for batch in waited_for(loader, clock):
             batch = _to(batch, runtime.device)
             labels = batch.pop("labels")
             try:
@@ -287,6 +302,7 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
                 _check_finite(torch.stack(window).mean(), epoch, settings, bar)
                 window = []
         mean_loss = _check_finite(total_loss / max(steps, 1), epoch, settings, bar)
+        clock["train"] += time.perf_counter() - epoch_started  # after the loss's read-back: the steps are done
         val_logits = predict_logits(model, val, tokenizer, settings.eval_batch_size, runtime)
         # process 0's score for all: one early-stopping decision
         val_f1 = distributed.broadcast(classification_metrics(val.labels, val_logits.argmax(1))["macro_f1"])
@@ -295,7 +311,8 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
             break
     bar.close()
     keeper.restore(model)
-    return Fit({"history": history, "best_id_val_macro_f1": keeper.best, "steps_per_epoch": len(loader)},
+    return Fit({"history": history, "best_id_val_macro_f1": keeper.best, "steps_per_epoch": len(loader),
+                "train_seconds": round(clock["train"], 2), "data_seconds": round(clock["data"], 2)},
                keeper.logits)
 
 
@@ -319,14 +336,16 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
     head.to(device)
     x, y = torch.as_tensor(train_x, device=device), torch.as_tensor(np.asarray(train_y), device=device)
     vx = torch.as_tensor(val_x, device=device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    cuda = torch.device(device).type == "cuda"  # fused there: one kernel a step for the head's four tensors
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=cuda or None)
     generator = torch.Generator().manual_seed(settings.seed)
     history, keeper = [], BestKeeper(settings.patience)
     for epoch in range(settings.epochs):
         head.train()
         losses = []
-        for idx in torch.randperm(len(x), generator=generator).split(settings.batch_size):
-            idx = idx.to(device)
+        # the epoch's order copied to the device once: a copy per minibatch from pageable memory waits for the GPU
+        for idx in torch.randperm(len(x), generator=generator).to(device).split(settings.batch_size):
             loss = loss_fn(head(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

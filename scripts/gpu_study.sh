@@ -19,10 +19,11 @@
 # Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
 # checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
 # is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU), DARL_STEPS (which
-# of gpu-tests, benchmark and report run; default all three).
+# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first).
 #
 # A rerun in the same work folder resumes: the cache and the report's finished notebooks are kept, so a report
-# stopped at the time limit goes on where it stopped (DARL_STEPS=report skips what already ran).
+# stopped at the time limit goes on where it stopped, and then the steps after it run (the same command twice
+# does the whole job in two 10-minute jobs).
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
@@ -34,16 +35,22 @@ BUNDLE=$(cd "$1" && pwd)
 PROFILE=${2:-full}
 PYTHON=${PYTHON:-python3}
 LIMIT=${DARL_TIME_LIMIT:-570}
-ALL_STEPS="gpu-tests benchmark report"
+ALL_STEPS="report gpu-tests benchmark"
 STEPS=$(tr -s '[:space:]' ' ' <<<"${DARL_STEPS:-$ALL_STEPS}")  # one space between names
 PACK_SECONDS=30  # kept for packing when there is a time limit
 ARCHIVE_LIMIT=$((16 * 1024 * 1024))
 STARTED=$(date +%s)
+seen=" "
 for wanted in $STEPS; do
   if [[ ! " $ALL_STEPS " == *" $wanted "* ]]; then
     echo "error: DARL_STEPS: unknown step '$wanted'; the steps are $ALL_STEPS" >&2
     exit 2
   fi
+  if [[ $seen == *" $wanted "* ]]; then
+    echo "error: DARL_STEPS: step '$wanted' named twice" >&2
+    exit 2
+  fi
+  seen+="$wanted "
 done
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
   echo "error: $BUNDLE is not a bundle (no MANIFEST.json); build one with make gpu-bundle" >&2
@@ -99,15 +106,14 @@ skip() {
 
 ok() { [[ ${STATUS[$1]:-1} == 0 ]]; }
 
-# chosen_step NAME FUNCTION NEEDS WHY: the step, if DARL_STEPS names it and step NEEDS went well (else WHY)
+# each of ALL_STEPS: its function, the step it needs, and what is said when that one did not go well
+declare -A RUNS=([report]=report [gpu-tests]=gpu_tests [benchmark]=benchmark)
+declare -A NEEDS=([report]=kernel [gpu-tests]=install [benchmark]=install)
+declare -A LACKING=([report]="no kernel" [gpu-tests]="nothing installed" [benchmark]="nothing installed")
+
+# chosen_step NAME: the step, if the step it needs went well (else the reason it cannot run)
 chosen_step() {
-  if [[ " $STEPS " != *" $1 "* ]]; then
-    printf '%-10s not run: not in DARL_STEPS\n' "$1:" | tee -a "$LOGS/steps.txt"
-  elif ok "$3"; then
-    step "$1" "$2"
-  else
-    skip "$1" "$4"
-  fi
+  if ok "${NEEDS[$1]}"; then step "$1" "${RUNS[$1]}"; else skip "$1" "${LACKING[$1]}"; fi
 }
 
 # limited COMMAND...: the command, stopped in time to pack when there is a time limit
@@ -277,9 +283,10 @@ echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WO
 step venv make_venv
 if ok venv; then step install install_wheels; else skip install "no venv"; fi
 if ok install; then step kernel register_kernel; else skip kernel "nothing installed"; fi
-chosen_step gpu-tests gpu_tests install "nothing installed"
-chosen_step benchmark benchmark install "nothing installed"
-chosen_step report report kernel "no kernel"
+for s in $ALL_STEPS; do
+  [[ " $STEPS " == *" $s "* ]] || printf '%-10s not run: not in DARL_STEPS\n' "$s:" | tee -a "$LOGS/steps.txt"
+done
+for s in $STEPS; do chosen_step "$s"; done
 trap - INT TERM
 pack
 echo "total $(( $(date +%s) - STARTED )) s"

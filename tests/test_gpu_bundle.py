@@ -156,10 +156,14 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     typo = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                           text=True, env={**env, "DARL_STEPS": "report benchmrk"})
     assert typo.returncode == 2 and "DARL_STEPS: unknown step 'benchmrk'" in typo.stderr
+    twice = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
+                           text=True, env={**env, "DARL_STEPS": "report benchmark report"})
+    assert twice.returncode == 2 and "DARL_STEPS: step 'report' named twice" in twice.stderr
     tabbed = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
-                            text=True, env={**env, "DARL_STEPS": "gpu-tests\treport\n"}, timeout=120)
-    assert "benchmark: not run: not in DARL_STEPS" in tabbed.stdout  # the two named steps are chosen, not skipped
-    assert "gpu-tests: not run" not in tabbed.stdout and "report:    skipped: no kernel" in tabbed.stdout
+                            text=True, env={**env, "DARL_STEPS": "benchmark\treport\n"}, timeout=120)
+    assert "gpu-tests: not run: not in DARL_STEPS" in tabbed.stdout  # the two named steps are chosen, not skipped
+    assert "benchmark: skipped: nothing installed" in tabbed.stdout and "report:    skipped: no kernel" in tabbed.stdout
+    assert tabbed.stdout.index("benchmark: skipped") < tabbed.stdout.index("report:    skipped")  # in the order named
 
 
 def emulated_node(folder: Path) -> Path:
@@ -225,7 +229,7 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     assert run.returncode == 0, run.stdout + run.stderr
     steps = [line.split(":")[0] for line in run.stdout.splitlines() if line.split(":")[0] in
              ("venv", "install", "kernel", "gpu-tests", "benchmark", "report", "pack")]
-    assert steps == ["venv", "install", "kernel", "gpu-tests", "benchmark", "report", "pack"], run.stdout
+    assert steps == ["venv", "install", "kernel", "report", "gpu-tests", "benchmark", "pack"], run.stdout
     assert all(" ok (" in line for line in run.stdout.splitlines() if line.split(":")[0] in steps[:-1]), run.stdout
 
     archive = tmp_path / "out" / "darl-gpu-smoke.tar.gz"

@@ -43,6 +43,18 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
 
 
+def test_a_cpu_run_on_a_machine_with_a_gpu_says_cpu(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
+    """The record names the device the run used, not the machine's GPU (seen on an H100 node: a device='cpu'
+    run was recorded as the GPU)."""
+    from darl_utils.cache import environment
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Pretend GPU")
+    assert environment()["device"] == environment("cuda:0")["device"] == "Pretend GPU"
+    assert environment("cpu")["device"].startswith("CPU (")
+    result = run_ft(tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1))
+    assert result["environment"]["device"].startswith("CPU ("), result["environment"]
+
+
 @pytest.mark.parametrize("which", ["tiny_encoder", "tiny_decoder"])
 def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     cfg = tiny_config(pairs_csv, request.getfixturevalue(which), tmp_path / "out")
@@ -59,6 +71,8 @@ def test_end_to_end_ft(which, request, pairs_csv, tmp_path):
     assert result["id_test"]["macro_f1"] > 0.6, result["fit"]
     history = result["fit"]["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # where the training time went: the steps, and within them the wait for batches
+    assert 0 <= result["fit"]["data_seconds"] < result["fit"]["train_seconds"] < result["seconds"] + 0.1
     # results on disk: one JSON per run, one line per run
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["id_test"] == result["id_test"]

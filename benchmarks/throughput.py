@@ -1,15 +1,19 @@
 """Our training loop against Hugging Face's Trainer: the same model, data, batch size, precision and epochs.
 
     python benchmarks/throughput.py --data train.csv.gz                    # one GPU: batch 256 and 32, all train
+    python benchmarks/throughput.py --data train.csv.gz --steps 64         # 64 steps a measurement at each batch
     python benchmarks/throughput.py --data train.csv.gz --device cpu --max-train-pairs 512 --batch-sizes 32
 
 Both train RelevanceModel (MiniLM + MLP head) on the Home Depot train part of the default split, max_length 64,
 dynamic padding, bf16 autocast with float32 master weights on a GPU (fp32 on a CPU), AdamW with linear warmup and
-decay, the same learning rates, gradient clipping and epochs. Each first runs `--warmup-steps` steps that are
-not timed. Printed per batch size: training samples per second of each and their ratio (ours / Trainer), peak
-GPU memory, and each model's id_val macro-F1 after the same epochs, so that speed is not bought with quality.
-Each measurement also appends one JSON line, with the options, the machine and the date, to
-<out-dir>/throughput.jsonl.
+decay, the same learning rates, gradient clipping and epochs. Three contenders: our loop in the plain shuffled
+order, our loop with length-bucketed batches (`length_buckets` 16), and Trainer. Each first runs `--warmup-steps`
+steps that are not timed. The contenders take turns, `--repeats` rounds with the order reversed every other round,
+so that a machine that speeds up or slows down during the run (seen on a freshly started GPU node) weighs on each
+alike; each contender's best round counts, and every round is kept. Printed per batch size: training samples per
+second of each and the ratios to Trainer, the share of our loop's time spent waiting for batches, peak GPU memory,
+and each model's id_val macro-F1 after the same epochs, so that speed is not bought with quality. Each
+measurement also appends one JSON line, with the options, the machine and the date, to <out-dir>/throughput.jsonl.
 """
 from __future__ import annotations
 
@@ -57,13 +61,15 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def run_ours(cfg: RunConfig, ctx, train: Encoded, tiny_val: Encoded, warmup: Encoded) -> RelevanceModel:
+def run_ours(cfg: RunConfig, ctx, train: Encoded, tiny_val: Encoded, warmup: Encoded):
+    """(model, seconds, fit record): a fresh model trained on `train` after an untimed warm-up."""
     settings = replace(cfg.train_settings(), progress=False, patience=0)
     model = fresh_model(cfg)
     train_model(model, warmup, tiny_val, ctx.tokenizer, replace(settings, epochs=1), ctx.runtime)  # not timed
     model = fresh_model(cfg)
-    seconds = timed(lambda: train_model(model, train, tiny_val, ctx.tokenizer, settings, ctx.runtime))
-    return model, seconds
+    fits = []
+    seconds = timed(lambda: fits.append(train_model(model, train, tiny_val, ctx.tokenizer, settings, ctx.runtime)))
+    return model, seconds, fits[0].record
 
 
 def run_trainer(cfg: RunConfig, ctx, train: Encoded, warmup: Encoded, out_dir: str):
@@ -88,7 +94,7 @@ def run_trainer(cfg: RunConfig, ctx, train: Encoded, warmup: Encoded, out_dir: s
     trainer = Trainer(model=model, args=arguments(len(train), num_train_epochs=cfg.epochs), train_dataset=rows(train),
                       data_collator=collate)
     seconds = timed(trainer.train)
-    return model.model, seconds
+    return model.model, seconds, {}
 
 
 def id_val_f1(model, ctx, cfg) -> float:
@@ -96,21 +102,42 @@ def id_val_f1(model, ctx, cfg) -> float:
     return classification_metrics(ctx.encoded("id_val").labels, logits.argmax(1))["macro_f1"]
 
 
-def measure(cfg: RunConfig, warmup_steps: int, out_dir: str) -> dict:
+BUCKETS = 16  # ours_bucketed: chunks of 16 batches sorted by token count (as docs/measurements.md measured it)
+CONTENDERS = ("ours", "ours_bucketed", "trainer")
+
+
+def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir: str) -> dict:
     ctx = pipeline.prepare(cfg)
     train = ctx.encoded("train")
+    if steps:
+        train = Encoded(train.features[:steps * cfg.batch_size], train.labels[:steps * cfg.batch_size])
     warmup = Encoded(train.features[:warmup_steps * cfg.batch_size], train.labels[:warmup_steps * cfg.batch_size])
     tiny_val = Encoded(ctx.encoded("id_val").features[:cfg.batch_size], ctx.encoded("id_val").labels[:cfg.batch_size])
-    line = {"batch": cfg.batch_size, "pairs": len(train), "epochs": cfg.epochs}
-    for name, run in (("ours", lambda: run_ours(cfg, ctx, train, tiny_val, warmup)),
-                      ("trainer", lambda: run_trainer(cfg, ctx, train, warmup, out_dir))):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        model, seconds = run()
-        line[f"{name}_samples_per_s"] = len(train) * cfg.epochs / seconds
-        line[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        line[f"{name}_id_val_macro_f1"] = id_val_f1(model.to(ctx.runtime.device), ctx, cfg)
+    runs = {"ours": lambda: run_ours(cfg, ctx, train, tiny_val, warmup),
+            "ours_bucketed": lambda: run_ours(replace(cfg, length_buckets=BUCKETS), ctx, train, tiny_val, warmup),
+            "trainer": lambda: run_trainer(cfg, ctx, train, warmup, out_dir)}
+    line = {"batch": cfg.batch_size, "pairs": len(train), "epochs": cfg.epochs, "device": str(ctx.runtime.device),
+            "rounds": []}
+    rates, peaks = {name: [] for name in CONTENDERS}, {name: 0.0 for name in CONTENDERS}
+    for round_ in range(repeats):
+        order = list(CONTENDERS) if round_ % 2 == 0 else list(reversed(CONTENDERS))
+        line["rounds"].append(order)
+        for name in order:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            model, seconds, record = runs[name]()
+            rates[name].append(len(train) * cfg.epochs / seconds)
+            if torch.cuda.is_available():
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
+            line[f"{name}_id_val_macro_f1"] = id_val_f1(model.to(ctx.runtime.device), ctx, cfg)
+            if record:
+                line[f"{name}_data_share"] = record["data_seconds"] / max(record["train_seconds"], 1e-9)
+    for name in CONTENDERS:
+        line[f"{name}_samples_per_s"] = max(rates[name])
+        line[f"{name}_rounds_samples_per_s"] = rates[name]
+        line[f"{name}_peak_gib"] = peaks[name] if torch.cuda.is_available() else None
     line["ratio"] = line["ours_samples_per_s"] / line["trainer_samples_per_s"]
+    line["ratio_bucketed"] = line["ours_bucketed_samples_per_s"] / line["trainer_samples_per_s"]
     return line
 
 
@@ -133,9 +160,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--max-train-pairs", type=int, default=0)
     parser.add_argument("--max-eval-pairs", type=int, default=2000)
     parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=0, help="training steps a measurement (0: every train pair)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three contenders")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out-dir", default="reports/benchmarks/throughput")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 0:
+        parser.error("--repeats must be at least 1 and --steps at least 0")
     lines = []
     for batch in args.batch_sizes:
         # head_lr 0: the head at the backbone's rate, as Trainer's one learning rate
@@ -144,17 +175,24 @@ def main(argv=None) -> list[dict]:
                         epochs=args.epochs, lr=args.lr, max_train_pairs=args.max_train_pairs,
                         max_eval_pairs=args.max_eval_pairs, device=args.device, progress=False,
                         out_dir=args.out_dir).validate()
-        line = measure(cfg, args.warmup_steps, args.out_dir)
+        line = measure(cfg, args.warmup_steps, args.repeats, args.steps, args.out_dir)
         lines.append(line)
-        append_line(Path(args.out_dir) / "throughput.jsonl", {**vars(args), **line})
-        peak = "" if line["ours_peak_gib"] is None else \
-            f"; peak GPU memory ours {line['ours_peak_gib']:.2f} GiB, Trainer {line['trainer_peak_gib']:.2f} GiB"
-        print(f"batch {batch}, {line['pairs']:,} train pairs x {args.epochs} epoch(s): ours "
-              f"{line['ours_samples_per_s']:,.0f} samples/s, Trainer {line['trainer_samples_per_s']:,.0f} samples/s, "
-              f"ratio {line['ratio']:.2f}{peak}; id_val macro-F1 ours {line['ours_id_val_macro_f1']:.3f}, "
-              f"Trainer {line['trainer_id_val_macro_f1']:.3f}", flush=True)
-    print(pipeline.environment()["device"])
+        append_line(Path(args.out_dir) / "throughput.jsonl", {**vars(args), **line}, line["device"])
+        print(summary(line, args.epochs), flush=True)
+    if lines:
+        print(pipeline.environment(lines[-1]["device"])["device"])
     return lines
+
+
+def summary(line: dict, epochs: int) -> str:
+    peak = "" if line["ours_peak_gib"] is None else \
+        f"; peak GPU memory ours {line['ours_peak_gib']:.2f} GiB, Trainer {line['trainer_peak_gib']:.2f} GiB"
+    return (f"batch {line['batch']}, {line['pairs']:,} train pairs x {epochs} epoch(s), best of "
+            f"{len(line['rounds'])} round(s): ours {line['ours_samples_per_s']:,.0f} samples/s (waiting for batches "
+            f"{line['ours_data_share']:.0%} of it), bucketed {line['ours_bucketed_samples_per_s']:,.0f}, Trainer "
+            f"{line['trainer_samples_per_s']:,.0f}; ratio {line['ratio']:.2f}, bucketed {line['ratio_bucketed']:.2f}"
+            f"{peak}; id_val macro-F1 ours {line['ours_id_val_macro_f1']:.3f}, bucketed "
+            f"{line['ours_bucketed_id_val_macro_f1']:.3f}, Trainer {line['trainer_id_val_macro_f1']:.3f}")
 
 
 if __name__ == "__main__":

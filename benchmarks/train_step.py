@@ -2,9 +2,14 @@
 
     python benchmarks/train_step.py                                  # MiniLM, batch 32 x 64 tokens
     python benchmarks/train_step.py --backbone smollm2 --batch 64 --tokens 128 --steps 20
+    python benchmarks/train_step.py --batch 256 --tokens 51 --mean-tokens 25   # the full profile's batches
 
-Random token ids of a fixed length (no padding), the same loop pieces as training: bf16 autocast on CUDA,
-AdamW (fused on CUDA), gradient clipping. Prints milliseconds per step, samples per second and peak memory.
+Random token ids, `--tokens` wide, with no padding or (`--mean-tokens`) real lengths spread evenly around that
+mean and padding after them, as the study's batches have (Home Depot pairs at max_length 64: 24.5 real tokens a
+pair, batches of 256 padded to 51 on average). The same loop pieces as training: bf16 autocast on CUDA, AdamW
+(fused on CUDA), gradient clipping. Prints milliseconds per step, samples per second and peak memory; on a GPU
+also how much of a step the GPU is busy (its kernels' time, from torch.profiler): a small share means the step is
+bound by the host (Python and kernel launches), not by the GPU.
 """
 from __future__ import annotations
 
@@ -19,12 +24,33 @@ from darl_utils.pipeline import environment
 from darl_utils.training import setup_runtime
 
 
+def padding_mask(rows: int, width: int, mean: int) -> torch.Tensor:
+    """An attention mask: every row real (mean 0), else real lengths spread evenly over [mean/2, 3 mean/2]."""
+    if not mean:
+        return torch.ones(rows, width, dtype=torch.long)
+    lengths = torch.linspace(max(1, mean // 2), min(width, (3 * mean) // 2), rows).round().long()
+    return (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def gpu_busy_ms(step, steps: int) -> float:
+    """Milliseconds a step during which GPU kernels and copies run (one stream: they do not overlap)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    on_gpu = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in on_gpu) / 1000 / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--mean-tokens", type=int, default=0, help="mean real length a row (0: no padding)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
 
@@ -33,7 +59,7 @@ def main() -> None:
     model = RelevanceModel(backbone, kind).to(runtime.device)
     vocab = backbone.config.vocab_size
     ids = torch.randint(1000, vocab - 1, (args.batch, args.tokens), device=runtime.device)
-    mask = torch.ones_like(ids)
+    mask = padding_mask(args.batch, args.tokens, args.mean_tokens).to(runtime.device)
     labels = torch.randint(0, 3, (args.batch,), device=runtime.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=runtime.device.type == "cuda")
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
@@ -63,6 +89,8 @@ def main() -> None:
         ms = 1000 * (time.perf_counter() - start) / args.steps
         print(f"{name:9s} {args.backbone} batch {args.batch} x {args.tokens} tokens: {ms:8.1f} ms/step, "
               f"{1000 * args.batch / ms:8.0f} samples/s")
+        if runtime.device.type == "cuda":
+            print(f"{'':9s} GPU busy {gpu_busy_ms(step, args.steps):.1f} ms a step")
     if runtime.device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     print(f"peak process memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

@@ -208,9 +208,12 @@ gpu_tests() {
 benchmark() {
   cd "$ROOT"
   if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    # one step of the full profile's batches: how much of it the GPU is busy (host-bound or GPU-bound)
+    limited "$PY" benchmarks/train_step.py --backbone "$DARL_MINILM" --batch 256 --tokens 51 --mean-tokens 25 \
+      --steps 20
     # shellcheck disable=SC2086  # THROUGHPUT_ARGS: several options
     limited "$PY" benchmarks/throughput.py --backbone "$DARL_MINILM" --data "$DARL_DATA" \
-      --out-dir "$WORK/benchmarks" ${THROUGHPUT_ARGS:---max-train-pairs 16384}
+      --out-dir "$WORK/benchmarks" ${THROUGHPUT_ARGS:---steps 64}
   else
     echo "no CUDA GPU visible: the small CPU mode (a tiny random model on synthetic pairs)"
     "$PY" -c 'import sys; from darl_utils.smoke import smoke_assets; smoke_assets(sys.argv[1])' "$WORK/assets"

@@ -15,18 +15,36 @@ from test_training import ROOT, tiny_config
 
 def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--dataset", "csv", "--data", str(pairs_csv), "--backbone",
-                                      tiny_encoder, "--batch-sizes", "16", "--max-train-pairs", "96",
+                                      tiny_encoder, "--batch-sizes", "16", "--max-train-pairs", "96", "--steps", "4",
                                       "--warmup-steps", "2", "--device", "cpu", "--out-dir", str(tmp_path)])
     module = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
     [line] = module["main"]()
-    assert line["batch"] == 16 and line["pairs"] <= 96 and line["ours_peak_gib"] is None  # no GPU here
-    assert line["ours_samples_per_s"] > 0 and line["trainer_samples_per_s"] > 0
-    assert line["ratio"] == line["ours_samples_per_s"] / line["trainer_samples_per_s"]
-    for name in ("ours", "trainer"):
+    assert line["batch"] == 16 and line["pairs"] == 4 * 16 and line["ours_peak_gib"] is None  # no GPU here
+    # two rounds, the second in the reverse order; each contender's best round counts
+    assert line["rounds"] == [["ours", "ours_bucketed", "trainer"], ["trainer", "ours_bucketed", "ours"]]
+    for name in ("ours", "ours_bucketed", "trainer"):
+        assert len(line[f"{name}_rounds_samples_per_s"]) == 2
+        assert line[f"{name}_samples_per_s"] == max(line[f"{name}_rounds_samples_per_s"]) > 0
         assert 0 <= line[f"{name}_id_val_macro_f1"] <= 1
-    assert "batch 16, " in capsys.readouterr().out
+    assert line["ratio"] == line["ours_samples_per_s"] / line["trainer_samples_per_s"]
+    assert line["ratio_bucketed"] == line["ours_bucketed_samples_per_s"] / line["trainer_samples_per_s"]
+    assert 0 <= line["ours_data_share"] < 1
+    assert "batch 16, 64 train pairs x 1 epoch(s), best of 2 round(s)" in capsys.readouterr().out
     [saved] = [json.loads(x) for x in (tmp_path / "throughput.jsonl").read_text().splitlines()]
     assert saved["ratio"] == line["ratio"] and saved["batch_sizes"] == [16] and saved["machine"]["device"]
+    assert saved["machine"]["device"].startswith("CPU (") and saved["repeats"] == 2
+
+
+def test_train_step_times_padded_batches(tiny_encoder, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--backbone", tiny_encoder, "--batch", "8", "--tokens", "16",
+                                      "--mean-tokens", "8", "--steps", "2", "--device", "cpu"])
+    module = runpy.run_path(str(ROOT / "benchmarks" / "train_step.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "train     " in out and "inference " in out and "samples/s" in out and "GPU busy" not in out
+    mask = module["padding_mask"](8, 51, 25)
+    assert mask.shape == (8, 51) and mask.sum(1).tolist() == sorted(mask.sum(1).tolist())
+    assert mask.sum(1).min() == 12 and mask.sum(1).max() == 37 and abs(mask.sum(1).float().mean() - 24.5) < 1
+    assert module["padding_mask"](2, 4, 0).all()
 
 
 def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsys):

@@ -1,6 +1,7 @@
 """On a CUDA GPU only (skipped, with the reason, elsewhere): bf16 training agrees with the CPU, LPFT with a cached
 fine-tuned model but a new probe runs on the GPU, the head on cached bf16 features gives the full pass's logits,
-one process under torchrun with NCCL, the out-of-memory message.
+one process under torchrun with NCCL, the out-of-memory message, the GPU busy time that benchmarks/train_step.py
+measures.
 
     pytest -m gpu          # on a machine with a CUDA GPU
 """
@@ -76,3 +77,18 @@ def test_out_of_memory_names_the_batch_size(pairs_csv, tiny_encoder, tmp_path):
         torch.empty(int(free * 2), dtype=torch.uint8, device="cuda")
     message = _oom_message(caught.value, pipeline.RunConfig(batch_size=4096).train_settings(), runtime)
     assert message.startswith("out of memory on cuda:0 at batch size 4096: lower batch_size or max_length")
+
+
+def test_the_gpu_busy_time_of_a_step_is_measured():
+    import runpy
+    busy = runpy.run_path(str(ROOT / "benchmarks" / "train_step.py"))["gpu_busy_ms"]
+    x = torch.randn(2048, 2048, device="cuda")
+    ms = busy(lambda: x @ x, 5)
+    started = torch.cuda.Event(enable_timing=True)
+    ended = torch.cuda.Event(enable_timing=True)
+    started.record()
+    for _ in range(5):
+        x @ x
+    ended.record()
+    torch.cuda.synchronize()
+    assert 0 < ms <= 1.5 * started.elapsed_time(ended) / 5  # the kernels' time, not more than the wall time

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="progress bars and a line per step; --no-progress: one line per notebook")
     report.add_argument("--force", action="store_true",
                         help="rerun every notebook, also those unchanged since they last finished")
+    report.add_argument("--first", nargs="+", default=[], metavar="NOTEBOOK",
+                        help="run these notebooks first, in this order (05_evaluation or 05), then the others; "
+                             "where a job may stop at a time limit, 05 first gives the main table first")
     umap = sub.add_parser("umap", help="draw notebook 02's UMAP map from the inputs it saved where umap-learn "
                                        "was not installed (an offline GPU node): one PNG per inputs file")
     umap.add_argument("path", help="an umap-inputs-*.safetensors file, or a folder searched for them")
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
     if command == "report":
         from .runner import run_profile
         try:
-            return run_profile(args["profile"], args["out"], args["progress"], args["force"])
+            return run_profile(args["profile"], args["out"], args["progress"], args["force"], args["first"])
         except (ConfigError, DataError, BackboneError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -52,7 +52,7 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
         f"<tr><td>{link(s)}</td>"
         f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
         f"<td>{e(s.get('ran', ''))}{' (unchanged: kept)' if s.get('kept') else ''}</td>"
-        f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses)
+        f"<td>{e(s['error'] or '')}</td></tr>" for s in sorted(statuses, key=lambda s: s["notebook"]))
     pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
     rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td><td></td></tr>" for n in pending)
     total = sum(s["seconds"] for s in statuses) / 60

@@ -187,23 +187,43 @@ def preflight(resolved: dict[Path, dict]) -> None:
                                   f"{cfg.protocol!r}, data {cfg.data_path()}); change the protocol or the sizes")
 
 
-def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True, force: bool = False) -> int:
+def run_order(notebooks: list[Path], first: list[str]) -> list[Path]:
+    """The notebooks named in `first` (05_evaluation.ipynb, 05_evaluation or 05), in that order, then the others
+    in name order. On a node whose job may stop at a time limit, `first` puts the page that matters most first:
+    05_evaluation trains nearly every run, which the other notebooks then find in the cache."""
+    chosen = []
+    for name in first:
+        matches = [nb for nb in notebooks if name in (nb.name, nb.stem, nb.stem.split("_")[0])]
+        if not matches:
+            close = difflib.get_close_matches(name, [nb.stem for nb in notebooks], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the notebooks are {[nb.stem for nb in notebooks]}"
+            raise ConfigError(f"first: no notebook {name!r}{hint}")
+        if matches[0] in chosen:
+            raise ConfigError(f"first: {matches[0].stem} named twice")
+        chosen.append(matches[0])
+    return chosen + [nb for nb in notebooks if nb not in chosen]
+
+
+def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True, force: bool = False,
+                first: tuple[str, ...] = ()) -> int:
     """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise. A notebook whose
     source, parameters, package code and data are unchanged since it last finished here is kept, not rerun
-    (force reruns it)."""
+    (force reruns it). The notebooks named in `first` run before the others (run_order)."""
     name, spec = load_profile(profile)
+    notebooks = study_notebooks()
+    order = run_order(notebooks, list(first))
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
     check_output_folder(out)
     if os.environ.get("DARL_DATA"):  # the kernels inherit it, and run in the project root
         os.environ["DARL_DATA"] = str(Path(os.environ["DARL_DATA"]).expanduser().resolve())
     spec = with_synthetic_assets(spec, out / "assets")
-    notebooks = study_notebooks()
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
     preflight(resolved)
     out.mkdir(parents=True, exist_ok=True)
     ledger = read_ledger(out)
     statuses = []
-    for nb, params in resolved.items():
+    for nb in order:
+        params = resolved[nb]
         if progress:
             print(f"[{len(statuses) + 1}/{len(resolved)}] {nb.name}", flush=True)
         stamp = fingerprint(nb, params)

@@ -19,7 +19,9 @@
 # Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
 # checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
 # is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU), DARL_STEPS (which
-# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first).
+# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first),
+# DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
+# model and gives the main table and every verdict, and the other notebooks then find their runs in the cache).
 #
 # A rerun in the same work folder resumes: the cache and the report's finished notebooks are kept, so a report
 # stopped at the time limit goes on where it stopped, and then the steps after it run (the same command twice
@@ -35,6 +37,7 @@ BUNDLE=$(cd "$1" && pwd)
 PROFILE=${2:-full}
 PYTHON=${PYTHON:-python3}
 LIMIT=${DARL_TIME_LIMIT:-570}
+DARL_FIRST=${DARL_FIRST-05_evaluation}  # the report's notebooks run first ("" : none): the main table first
 ALL_STEPS="report gpu-tests benchmark"
 STEPS=$(tr -s '[:space:]' ' ' <<<"${DARL_STEPS:-$ALL_STEPS}")  # one space between names
 PACK_SECONDS=30  # kept for packing when there is a time limit
@@ -245,7 +248,9 @@ EOF
     echo "profile $profile:"
     cat "$profile"
   fi
-  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress
+  # shellcheck disable=SC2086  # DARL_FIRST: several notebooks
+  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress \
+    ${DARL_FIRST:+--first $DARL_FIRST}
 }
 
 pack() {

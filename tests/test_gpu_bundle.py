@@ -247,6 +247,9 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     assert "umap-learn not installed" in index and "faiss-cpu not installed" in index
     assert index.count('class="finished"') == len(pages)
 
+    ran = [line.split(":")[0] for line in (unpacked / "logs/report.log").read_text().splitlines()
+           if line.endswith(" s)")]
+    assert ran[0] == "05_evaluation.ipynb" and len(ran) == len(pages), ran  # DARL_FIRST's default: the main table
     install = (unpacked / "logs/install.log").read_text()
     assert "pip install --no-index --no-deps" in install and "darl-study 0.1.0" in install
     suite = ET.parse(unpacked / "logs/gpu-tests.xml").getroot().find("testsuite")

@@ -1,6 +1,8 @@
 """The study runner: profiles checked before anything runs, notebooks executed into HTML pages and an index,
 a failed notebook reported without losing the others, a rerun that trains nothing."""
+import contextlib
 import html
+import io
 import json
 import os
 import re
@@ -85,13 +87,32 @@ def test_built_in_profiles_name_only_declared_parameters(monkeypatch, tmp_path):
         runner.resolve(runner.load_profile(name)[1], runner.study_notebooks(), tmp_path)
 
 
+def test_named_notebooks_run_first_in_the_order_named(tmp_path, capsys):
+    notebooks = runner.study_notebooks()
+    assert runner.run_order(notebooks, []) == notebooks
+    order = runner.run_order(notebooks, ["05", "03_lpft_alpha_sweep"])
+    assert [nb.stem[:2] for nb in order] == ["05", "03", "01", "02", "04"]
+    assert runner.run_order(notebooks, ["05_evaluation.ipynb"])[0].name == "05_evaluation.ipynb"
+    with pytest.raises(ConfigError, match=r"first: no notebook '05_evalution'; did you mean '05_evaluation'\?"):
+        runner.run_order(notebooks, ["05_evalution"])
+    with pytest.raises(ConfigError, match=r"first: 05_evaluation named twice"):
+        runner.run_order(notebooks, ["05", "05_evaluation"])
+    # from the command line: one message before any work, nothing written
+    assert cli(["report", "--profile", "smoke", "--out", str(tmp_path / "r"), "--first", "06"]) == 2
+    assert "error: first: no notebook '06'; the notebooks are ['01_data'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
-    """The smoke profile run once for the tests below: (report folder, cache folder)."""
+    """The smoke profile run once for the tests below, notebook 05 first: (report folder, cache folder). What the
+    runner printed is kept in report.log beside the reports folder."""
     root = tmp_path_factory.mktemp("smoke")
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setenv("DARL_CACHE", str(root / "cache"))
-        assert runner.run_profile("smoke", root / "reports", progress=False) == 0
+        assert runner.run_profile("smoke", root / "reports", progress=False, first=("05",)) == 0
+    (root / "report.log").write_text(printed.getvalue())
     return root / "reports" / "smoke", root / "cache"
 
 
@@ -99,6 +120,11 @@ def smoke_report(tmp_path_factory):
 def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     folder, _ = smoke_report
     index = (folder / "index.html").read_text()
+    ran = [line.split(":")[0] for line in (folder.parents[1] / "report.log").read_text().splitlines()
+           if line.endswith(" s)")]
+    assert ran == [nb.name for nb in runner.run_order(runner.study_notebooks(), ["05"])], ran  # 05 first
+    rows = re.findall(r'<tr><td><a href="[^"]+">(\d\d_\w+\.ipynb)</a>', index)
+    assert rows == [nb.name for nb in runner.study_notebooks()]  # the index lists them in name order
     for nb in runner.study_notebooks():
         page = folder / f"{nb.stem}.html"
         assert page.stat().st_size < PAGE_BUDGET, (page.name, page.stat().st_size)

@@ -35,7 +35,7 @@ def main() -> None:
     fit = train_probe(head, x[:args.pairs], y[:args.pairs], x[args.pairs:], y[args.pairs:],
                       ProbeSettings(epochs=args.epochs, patience=0), device=args.device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"{environment()['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{environment(args.device)['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"LP on {args.pairs:,} x {args.width} features, batch 256: {fit['epochs_run']} epochs in "
           f"{fit['seconds']:.1f} s "
           f"({fit['seconds'] / fit['epochs_run']:.2f} s per epoch, id_val scored every epoch); peak RSS {peak:.2f} GiB")

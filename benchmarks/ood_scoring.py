@@ -52,7 +52,7 @@ def main() -> None:
     knn = knn_distance(train, pool, k=args.k, search=args.search, nprobe=args.nprobe)
     knn_s = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"{environment()['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{environment('cpu')['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"pool {args.pool:,} vs train {args.train:,}, width {args.width}, k {args.k}, {args.clusters} clusters, "
           f"search {args.search} (nprobe {args.nprobe}): Mahalanobis {maha:.1f} s, kNN {knn_s:.1f} s, "
           f"total {maha + knn_s:.1f} s; peak RSS {peak:.2f} GiB")

@@ -39,7 +39,7 @@ def main(argv=None) -> list[dict]:
                     progress=False).validate()
     parts = sized_parts(prepare_split(cfg), cfg)
     _, tokenizer, kind, _ = load_backbone(args.backbone)
-    print(f"{environment()['device']}, {args.backbone}, max_length {args.max_length}")
+    print(f"{environment('cpu')['device']}, {args.backbone}, max_length {args.max_length}")
     print(f"{'part':<9} {'pairs':>7} {'tokenise s':>11} {'write s':>8} {'read s':>7}")
     rows = []
     with tempfile.TemporaryDirectory() as folder:

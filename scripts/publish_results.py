@@ -3,11 +3,11 @@
     tar xzf darl-gpu-full-node.tar.gz -C run/
     python scripts/publish_results.py run/ docs/results/full
 
-What is copied: index.html, ledger.json and the page of every notebook the ledger calls finished, and each such
-notebook's results.jsonl (the run records; the HTML pages read nothing else). A notebook stopped at the time limit
-is left out, so the folder holds only finished work. The node's absolute paths in the pages and results (its bundle
-and its work folder, read from the profile that scripts/gpu_study.sh wrote beside the report) become `gpu-bundle`
-and `gpu-run`, as in a checkout that ran the script with its defaults.
+What is copied: index.html, ledger.json and the page of every notebook the ledger calls finished, each such
+notebook's results.jsonl (the run records; the HTML pages read nothing else), and the benchmarks' JSON lines. A
+notebook stopped at the time limit is left out, so the folder holds only finished work. The node's absolute paths
+in the pages and results (its bundle and its work folder, read from the profile that scripts/gpu_study.sh wrote
+beside the report) become `gpu-bundle` and `gpu-run`, as in a checkout that ran the script with its defaults.
 """
 from __future__ import annotations
 
@@ -28,21 +28,21 @@ def report_folder(unpacked: Path) -> Path:
 
 
 def node_prefixes(unpacked: Path, report: Path) -> dict[str, str]:
-    """The node's bundle and work folders, each with what replaces it."""
+    """The node's bundle and work folders, each with what replaces it. Only absolute folders below the root are
+    taken: replacing '.' or '/' would rewrite every file."""
     profile = unpacked / f"{report.name}.yaml"
     if not profile.is_file():
         raise SystemExit(f"error: {profile} missing: the profile scripts/gpu_study.sh writes beside the report")
-    data = Path(yaml.safe_load(profile.read_text())["all"]["data"])  # BUNDLE/data/train.csv.gz
-    # the report's results folder is WORK/reports/NAME/results
-    work = None
-    for line in (report / "results").glob("*/results.jsonl"):
-        out_dir = Path(json.loads(line.read_text().splitlines()[0])["config"]["out_dir"])
-        work = out_dir.parents[3]
+    data = (yaml.safe_load(profile.read_text()).get("all") or {}).get("data", "")
+    prefixes = {}
+    if Path(data).is_absolute():  # BUNDLE/data/train.csv.gz
+        prefixes[str(Path(data).parent.parent)] = "gpu-bundle"
+    for lines in (report / "results").glob("*/results.jsonl"):  # out_dir: WORK/reports/NAME/results/STEM
+        out_dir = Path(json.loads(lines.read_text().splitlines()[0])["config"]["out_dir"])
+        if out_dir.is_absolute():
+            prefixes[str(out_dir.parents[3])] = "gpu-run"
         break
-    prefixes = {str(data.parent.parent): "gpu-bundle"}
-    if work is not None:
-        prefixes[str(work)] = "gpu-run"
-    return prefixes
+    return {prefix: name for prefix, name in prefixes.items() if len(Path(prefix).parts) > 1}
 
 
 def relative(text: str, prefixes: dict[str, str]) -> str:
@@ -60,6 +60,9 @@ def publish(unpacked: Path, dest: Path) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ["index.html", "ledger.json"] + [f"{Path(nb).stem}.html" for nb in finished]:
         (dest / name).write_text(relative((report / name).read_text(), prefixes))
+    for lines in sorted((unpacked / "benchmarks").glob("*.jsonl")):  # the throughput benchmark's measurements
+        (dest / "benchmarks").mkdir(exist_ok=True)
+        (dest / "benchmarks" / lines.name).write_text(relative(lines.read_text(), prefixes))
     for notebook in finished:
         stem = Path(notebook).stem
         lines = report / "results" / stem / "results.jsonl"

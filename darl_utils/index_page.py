@@ -48,13 +48,13 @@ def write_index(out: Path, profile: str, statuses: list[dict], resolved: dict) -
     e = html.escape
     link = lambda s: (f"<a href=\"{e(s['page'])}\">{e(s['notebook'])}</a>" if s["page"]  # noqa: E731
                       else e(s["notebook"]))
-    rows = "".join(
-        f"<tr><td>{link(s)}</td>"
-        f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
-        f"<td>{e(s.get('ran', ''))}{' (unchanged: kept)' if s.get('kept') else ''}</td>"
-        f"<td>{e(s['error'] or '')}</td></tr>" for s in sorted(statuses, key=lambda s: s["notebook"]))
-    pending = [nb.name for nb in resolved if nb.name not in {s["notebook"] for s in statuses}]
-    rows += "".join(f"<tr><td>{e(n)}</td><td>pending</td><td></td><td></td><td></td></tr>" for n in pending)
+    named = {s["notebook"]: f"<tr><td>{link(s)}</td>"
+             f"<td class=\"{e(s['status'])}\">{e(s['status'])}</td><td>{s['seconds']:.0f} s</td>"
+             f"<td>{e(s.get('ran', ''))}{' (unchanged: kept)' if s.get('kept') else ''}</td>"
+             f"<td>{e(s['error'] or '')}</td></tr>" for s in statuses}
+    for nb in resolved:
+        named.setdefault(nb.name, f"<tr><td>{e(nb.name)}</td><td>pending</td><td></td><td></td><td></td></tr>")
+    rows = "".join(named[n] for n in sorted(named))  # name order, whichever ran first (report --first)
     total = sum(s["seconds"] for s in statuses) / 60
     rows += f"<tr><th>all</th><td></td><th>{total:.1f} min</th><td></td><td></td></tr>"
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in info["versions"].items())

@@ -103,6 +103,16 @@ def test_named_notebooks_run_first_in_the_order_named(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_the_index_lists_notebooks_in_name_order_whichever_ran_first(tmp_path):
+    from darl_utils.index_page import write_index
+    notebooks = runner.study_notebooks()
+    first = {"notebook": "05_evaluation.ipynb", "status": "finished", "seconds": 3.0, "page": "05_evaluation.html",
+             "ran": "2026-11-27 18:00", "error": None}
+    write_index(tmp_path, "x", [first], {nb: {} for nb in notebooks})
+    rows = re.findall(r"<tr><td>(?:<a [^>]+>)?(\d\d_\w+\.ipynb)", (tmp_path / "index.html").read_text())
+    assert rows == [nb.name for nb in notebooks]
+
+
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
     """The smoke profile run once for the tests below, notebook 05 first: (report folder, cache folder). What the

@@ -26,6 +26,12 @@ pytestmark = [pytest.mark.gpu,
 AGREEMENT = 0.9  # share of id_test pairs on which the bf16 GPU model and the fp32 CPU model predict the same degree
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test its own cache (on a node DARL_CACHE names the study's, which the tests must not share)."""
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+
+
 def test_bf16_training_on_the_gpu_agrees_with_the_cpu(pairs_csv, tiny_encoder, tmp_path):
     from safetensors.numpy import load_file
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=6)
@@ -42,11 +48,14 @@ def test_bf16_training_on_the_gpu_agrees_with_the_cpu(pairs_csv, tiny_encoder, t
 def test_lpft_with_a_cached_fine_tuned_model_and_a_new_probe(pairs_csv, tiny_encoder, tmp_path):
     cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=2, device="cuda", alphas=[0.0, 0.5, 1.0])
     first = pipeline.run_lpft(cfg)
-    for probe in (tmp_path / "cache" / "runs").glob("lp-*"):  # the probe is gone, the fine-tuned weights stay
+    probes = list((tmp_path / "cache" / "runs").glob("lp-*"))
+    finished = list((tmp_path / "cache" / "runs").glob("lpft-*/result.json"))
+    assert probes and finished  # else the case below would not be the one under test
+    for probe in probes:  # the probe is gone, the fine-tuned weights stay
         for f in probe.iterdir():
             f.unlink()
         probe.rmdir()
-    for done in (tmp_path / "cache" / "runs").glob("lpft-*/result.json"):
+    for done in finished:
         done.unlink()
     again = pipeline.run_lpft(cfg)  # before the fix: the probed head stayed on the CPU, a device error here
     assert again["alpha_star"] in (0.0, 0.5, 1.0) and again["sweep"][0]["alpha"] == first["sweep"][0]["alpha"]

@@ -19,7 +19,8 @@
 # Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
 # checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
 # is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU), DARL_STEPS (which
-# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first),
+# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first,
+# and the gpu tests then run beside it),
 # DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
 # model and gives the main table and every verdict, and the other notebooks then find their runs in the cache).
 #
@@ -85,13 +86,19 @@ FAILED=0
 
 # step NAME FUNCTION: runs it (errexit on) with its output in logs/NAME.log; one line with its status and time
 step() {
-  local name=$1 t0 rc status
+  local name=$1 t0 rc
   shift
   t0=$(date +%s)
   set +e
   ( set -e; "$@" ) >"$LOGS/$name.log" 2>&1
   rc=$?
   set -e
+  settle "$name" "$rc" "$t0"
+}
+
+# settle NAME RC T0 [NOTE]: a step's outcome recorded, and its line printed
+settle() {
+  local name=$1 rc=$2 t0=$3 note=${4:-} status
   case $rc in
     0) status=ok ;;
     124|137) status="stopped at the time limit (see logs/$name.log)" ;;
@@ -99,7 +106,27 @@ step() {
   esac
   [[ $rc == 0 ]] || FAILED=1
   STATUS[$name]=$rc
-  printf '%-10s %s (%d s)\n' "$name:" "$status" "$(( $(date +%s) - t0 ))" | tee -a "$LOGS/steps.txt"
+  printf '%-10s %s (%d s%s)\n' "$name:" "$status" "$(( $(date +%s) - t0 ))" "$note" | tee -a "$LOGS/steps.txt"
+}
+
+# started NAME FUNCTION / joined NAME: a step run in the background beside another, and its outcome once done
+declare -A BESIDE_PID=() BESIDE_T0=()
+started() {
+  local name=$1
+  shift
+  BESIDE_T0[$name]=$(date +%s)
+  ( set -e; "$@" ) >"$LOGS/$name.log" 2>&1 &
+  BESIDE_PID[$name]=$!
+}
+
+joined() {
+  local rc
+  set +e
+  wait "${BESIDE_PID[$1]}"
+  rc=$?
+  set -e
+  settle "$1" "$rc" "${BESIDE_T0[$1]}" ", beside the report"
+  unset "BESIDE_PID[$1]"
 }
 
 skip() {
@@ -285,7 +312,7 @@ pack() {
     "$(( $(date +%s) - t0 ))"
 }
 
-trap 'echo "interrupted: packing what exists"; pack; exit 130' INT TERM
+trap 'echo "interrupted: packing what exists"; kill "${BESIDE_PID[@]}" 2>/dev/null || true; pack; exit 130' INT TERM
 
 echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WORK"
 step venv make_venv
@@ -294,7 +321,17 @@ if ok install; then step kernel register_kernel; else skip kernel "nothing insta
 for s in $ALL_STEPS; do
   [[ " $STEPS " == *" $s "* ]] || printf '%-10s not run: not in DARL_STEPS\n' "$s:" | tee -a "$LOGS/steps.txt"
 done
-for s in $STEPS; do chosen_step "$s"; done
+# The gpu tests (tiny models, a minute) run beside the report when both are chosen: they hardly load a node that
+# the report leaves mostly idle, and the report, the study's output, keeps the job's time. The benchmarks time
+# the GPU, so they run alone.
+beside=""
+if [[ " $STEPS " == *" report "* && " $STEPS " == *" gpu-tests "* ]] && ok install; then beside=gpu-tests; fi
+for s in $STEPS; do
+  if [[ $s == "$beside" ]]; then continue; fi
+  [[ $s != report || -z $beside ]] || started "$beside" "${RUNS[$beside]}"
+  chosen_step "$s"
+  [[ $s != report || -z $beside ]] || joined "$beside"
+done
 trap - INT TERM
 pack
 echo "total $(( $(date +%s) - STARTED )) s"

@@ -13,6 +13,7 @@ features not cached by an earlier run (train as it augments it, and the three ev
 logits are read) and each alpha strictly between 0 and 1 on all three parts. DASA's source model scores train
 and both pools once per seed and representation pass (the selection is then shared by every notebook).
 `--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
+`--first 05` plans the order that `report --first 05` runs: 05 then trains the runs it shares with the others.
 The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
 smoke-profile report trains.
 """
@@ -30,7 +31,7 @@ from darl_utils import pipeline
 from darl_utils.config import LPFT_ONLY, RunConfig
 from darl_utils.dasa import budget_size, unlabelled_pool
 from darl_utils.notebooks import declared_parameters, study_config
-from darl_utils.runner import load_profile, resolve, study_notebooks, with_synthetic_assets
+from darl_utils.runner import load_profile, resolve, run_order, study_notebooks, with_synthetic_assets
 
 REPRESENTATION_PASSES = 2  # DASA's representations: one pass over the pairs, one over the queries alone (upper bound)
 
@@ -172,12 +173,15 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--train-rate", type=float, default=0, help="training samples/s (0: measure here)")
     parser.add_argument("--infer-rate", type=float, default=0, help="inference samples/s (0: measure here)")
     parser.add_argument("--overhead", type=float, default=12.0, help="seconds per notebook outside the runs")
+    parser.add_argument("--first", nargs="+", default=[], metavar="NOTEBOOK",
+                        help="as report --first: these notebooks run first and train the runs they share")
     args = parser.parse_args(argv)
     name, spec = load_profile(args.profile)
     spec = with_synthetic_assets(spec, Path(tempfile.mkdtemp(prefix="darl-budget-")))  # smoke: its tiny model
     if args.data:
         spec.setdefault("all", {})["data"] = args.data
     params = notebook_parameters(spec)
+    params = {nb.stem: params[nb.stem] for nb in run_order(study_notebooks(), args.first)}  # the report's order
     rows = budget(params)
     train_rate, infer_rate = args.train_rate, args.infer_rate
     if not (train_rate and infer_rate):
@@ -189,8 +193,10 @@ def main(argv=None) -> list[dict]:
                                + args.overhead, 1)
         for k in ("runs", "train_samples", "infer_samples", "seconds"):
             totals[k] += row[k]
+        row["done_after_seconds"] = round(totals["seconds"], 1)  # where a job with a time limit stands
         print(f"{row['notebook']:<22} {row['runs']:>3} runs  {row['train_samples']:>10,} train  "
-              f"{row['infer_samples']:>10,} inference samples  ~{row['seconds']:>7.1f} s")
+              f"{row['infer_samples']:>10,} inference samples  ~{row['seconds']:>7.1f} s  "
+              f"(done after ~{row['done_after_seconds']:.0f} s)")
     print(f"{'total':<22} {int(totals['runs']):>3} runs  {int(totals['train_samples']):>10,} train  "
           f"{int(totals['infer_samples']):>10,} inference samples  ~{totals['seconds'] / 60:>6.1f} min "
           f"(train {train_rate:,.0f}/s, inference {infer_rate:,.0f}/s, {args.overhead:g} s per notebook)")

@@ -85,6 +85,22 @@ def test_the_budget_counts_the_samples_a_run_passes_through_its_backbone(kind, a
     assert (seen["train"], seen["inference"]) == (train, inference)
 
 
+def test_the_budget_follows_the_reports_order(tmp_path, monkeypatch, capsys):
+    """--first 05, as the node runs the report: 05 trains the runs it shares, the others keep only their own."""
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    main = runpy.run_path(str(ROOT / "benchmarks" / "study_budget.py"))["main"]
+    rates = ["--profile", "smoke", "--train-rate", "1000", "--infer-rate", "1000", "--overhead", "1"]
+    in_name_order, five_first = main(rates), main(rates + ["--first", "05"])
+    assert [r["notebook"] for r in five_first] == ["05_evaluation", "01_data", "02_ood_detection",
+                                                   "03_lpft_alpha_sweep", "04_occ_calibration"]
+    assert sum(r["runs"] for r in five_first) == sum(r["runs"] for r in in_name_order)
+    runs = {r["notebook"]: r["runs"] for r in in_name_order}
+    assert five_first[0]["runs"] > runs["05_evaluation"] and five_first[3]["runs"] < runs["03_lpft_alpha_sweep"]
+    done = [r["done_after_seconds"] for r in five_first]
+    assert done == sorted(done) and done[-1] == pytest.approx(sum(r["seconds"] for r in five_first), abs=0.2)
+    assert "(done after ~" in capsys.readouterr().out
+
+
 def test_the_budget_counts_the_probe_features_a_second_lpft_run_reads_from_the_cache(pairs_csv, tiny_encoder,
                                                                                       tmp_path, monkeypatch):
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))

@@ -19,14 +19,14 @@ def unpacked_archive(folder):
     (report / "ledger.json").write_text(json.dumps(ledger))
     for stem in ("index", "01_data", "02_ood_detection", "04_occ_calibration"):
         (report / f"{stem}.html").write_text(f"<pre>{stem}: backbone /node/bundle/minilm, splits in "
-                                             "/node/work/cache/splits</pre>")
+                                             "/node/job/cache/splits</pre>")
     for stem in ("02_ood_detection", "04_occ_calibration"):
         line = {"config": {"backbone": "/node/bundle/minilm", "data": "/node/bundle/data/train.csv.gz",
-                           "out_dir": f"/node/work/reports/full-node/results/{stem}"}}
+                           "out_dir": f"/node/job/reports/full-node/results/{stem}"}}
         (report / "results" / stem / "results.jsonl").write_text(json.dumps(line) + "\n")
     (folder / "full-node.yaml").write_text(yaml.safe_dump({"all": {"data": "/node/bundle/data/train.csv.gz"}}))
     (folder / "benchmarks").mkdir()
-    (folder / "benchmarks" / "throughput.jsonl").write_text(json.dumps({"out_dir": "/node/work/benchmarks"}) + "\n")
+    (folder / "benchmarks" / "throughput.jsonl").write_text(json.dumps({"out_dir": "/node/job/benchmarks"}) + "\n")
     return folder
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .compilation import COMPILE_MODES
 from .data import HOMEDEPOT_SCHEMES
 from .losses import DIRECTIONS, PRIORS, check_occ
 from .modeling import BackboneError, check_backbone
@@ -98,6 +99,9 @@ class RunConfig:
                             within=">= 0")
     length_buckets: int = setting(0, "batches of similar length from chunks of this many batches (0 = off)",
                                   within=">= 0")
+    compile: str = setting("off", "torch.compile the training step: off | default | reduce-overhead (and CUDA "
+                           "graphs); pays only where the host bounds a step (darl_utils/compilation.py)",
+                           choices=COMPILE_MODES, running=True)
     seed: int = setting(0, "model initialisation and data order", within=">= 0")
     # LP and LPFT (docs/STUDY.md section 5): the head trained on cached features of the frozen backbone
     lp_epochs: int = setting(100, "LP: at most this many passes over the cached train features", within=">= 1",

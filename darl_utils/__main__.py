@@ -23,6 +23,7 @@ import sys
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
+from .compilation import CompileError, check_compiler, device_of
 from .config import ConfigError, RunConfig, _declared_type, item_type, setting_help
 from .data import DataError
 from .modeling import BackboneError
@@ -126,6 +127,7 @@ def main(argv=None) -> int:
         args["protocol"] = "department"  # the protocol its --held-out is for; the others run without it
     try:
         cfg = RunConfig.from_dict(args).validate()
+        check_compiler(cfg.compile, device_of(cfg.device))  # before any data is read
         from . import pipeline
         if command == "split":
             split = pipeline.prepare_split(cfg)
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
                 result = pipeline.run_ft(run)
                 if result:  # None on processes other than the first
                     print(pipeline.summary_line(result), flush=True)
-    except (ConfigError, DataError, BackboneError) as e:
+    except (ConfigError, DataError, BackboneError, CompileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

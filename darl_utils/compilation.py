@@ -42,6 +42,11 @@ def step_begins(mode: str) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def device_of(device_setting: str) -> str:
+    """The device type a run with this `device` setting trains on (auto: CUDA where torch sees a GPU)."""
+    return "cuda" if device_setting != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 @functools.lru_cache(maxsize=None)
 def check_compiler(mode: str, device: str) -> None:
     """Compile and run a tiny function on the device, once per process: a machine where inductor cannot build its

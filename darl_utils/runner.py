@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from .compilation import CompileError, check_compiler, device_of
 from .config import ConfigError, RunConfig, folder_problem
 from .index_page import write_index
 from .modeling import BUILTIN, builtin_key
@@ -158,8 +159,9 @@ def check_values(notebook: Path, params: dict) -> None:
 
 
 def preflight(resolved: dict[Path, dict]) -> None:
-    """The checks that need the data, before the first notebook starts: for every notebook and seed, no part of the
-    split (sub-sampled as asked) is empty, and a DASA budget fits its pool."""
+    """The checks that need the data or the machine, before the first notebook starts: a `compile` other than off
+    can compile here; for every notebook and seed, no part of the split (sub-sampled as asked) is empty, and a DASA
+    budget fits its pool."""
     from dataclasses import replace
 
     from .dasa import budget_size, unlabelled_pool
@@ -170,6 +172,10 @@ def preflight(resolved: dict[Path, dict]) -> None:
         if "seeds" not in full:
             continue
         base = study_config(full)  # its backbone was checked with the values (RunConfig.validate)
+        try:
+            check_compiler(base.compile, device_of(base.device))
+        except CompileError as e:
+            raise ConfigError(f"{nb.name}: {e}") from None
         for seed in full["seeds"]:
             cfg = replace(base, seed=seed)
             try:

@@ -73,3 +73,20 @@ def test_the_compile_setting_is_checked_and_steers_only_the_running():
         RunConfig(compile="defualt").validate()
     # compiled and eager runs differ only by rounding: one cache entry serves both
     assert RunConfig(compile="default").key() == RunConfig().key()
+
+
+def test_a_report_or_a_command_that_cannot_compile_stops_before_any_data_is_read(monkeypatch, tmp_path, capsys):
+    from darl_utils.__main__ import main
+    from darl_utils.runner import preflight, study_notebooks
+
+    def refuse(mode, device):
+        if mode != "off":
+            raise CompileError(f"compile: {mode!r} cannot run on {device} here (no compiler); set compile: off")
+    monkeypatch.setattr("darl_utils.runner.check_compiler", refuse)
+    monkeypatch.setattr("darl_utils.__main__.check_compiler", refuse)
+    monkeypatch.setattr("darl_utils.pipeline.prepare_split", lambda cfg: pytest.fail("data read before the check"))
+    notebook = study_notebooks()[0]
+    with pytest.raises(ConfigError, match=r"01_\w+\.ipynb: compile: 'default' cannot run on cpu here"):
+        preflight({notebook: {"seeds": [0], "settings": {"compile": "default", "device": "cpu"}}})
+    assert main(["ft", "--compile", "default", "--device", "cpu", "--out-dir", str(tmp_path)]) == 2
+    assert "error: compile: 'default' cannot run on cpu here (no compiler)" in capsys.readouterr().err

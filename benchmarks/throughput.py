@@ -6,14 +6,17 @@
 
 Both train RelevanceModel (MiniLM + MLP head) on the Home Depot train part of the default split, max_length 64,
 dynamic padding, bf16 autocast with float32 master weights on a GPU (fp32 on a CPU), AdamW with linear warmup and
-decay, the same learning rates, gradient clipping and epochs. Three contenders: our loop in the plain shuffled
-order, our loop with length-bucketed batches (`length_buckets` 16), and Trainer. Each first runs `--warmup-steps`
-steps that are not timed. The contenders take turns, `--repeats` rounds with the order reversed every other round,
-so that a machine that speeds up or slows down during the run (seen on a freshly started GPU node) weighs on each
-alike; each contender's best round counts, and every round is kept. Printed per batch size: training samples per
-second of each and the ratios to Trainer, the share of our loop's time spent waiting for batches, peak GPU memory,
-and each model's id_val macro-F1 after the same epochs, so that speed is not bought with quality. Each
-measurement also appends one JSON line, with the options, the machine and the date, to <out-dir>/throughput.jsonl.
+decay, the same learning rates, gradient clipping and epochs. Five contenders (`--contenders` picks some): our loop
+in the plain shuffled order (ours), with length-bucketed batches (`length_buckets` 16, ours_bucketed), compiled
+(`compile` default, ours_compiled), compiled with CUDA graphs (`compile` reduce-overhead, ours_graphs), and Trainer.
+Each first runs `--warmup-steps` steps that are not timed; a compiled loop compiles there, in its first round, and
+those seconds are kept (warmup_seconds), since a study's process pays them once. The contenders take turns,
+`--repeats` rounds with the order reversed every other round, so that a machine that speeds up or slows down during
+the run (seen on a freshly started GPU node) weighs on each alike; each contender's best round counts, and every
+round is kept. Printed per batch size: training samples per second of each and the ratios to Trainer, the share of
+our loop's time spent waiting for batches, peak GPU memory, and each model's id_val macro-F1 after the same epochs,
+so that speed is not bought with quality. Each measurement also appends one JSON line, with the options, the machine
+and the date, to <out-dir>/throughput.jsonl.
 """
 from __future__ import annotations
 
@@ -64,13 +67,15 @@ def timed(fn):
 
 
 def run_ours(cfg: RunConfig, ctx, train: Encoded, tiny_val: Encoded, warmup: Encoded):
-    """(model, seconds, fit record): a fresh model trained on `train` after an untimed warm-up."""
+    """(model, seconds, fit record): a fresh model trained on `train` after a warm-up, whose seconds (a compiled
+    loop's compilation, in a process's first round) the record keeps apart as warmup_seconds."""
     settings = replace(cfg.train_settings(), progress=False, patience=0)
     model = fresh_model(cfg)
-    train_model(model, warmup, tiny_val, ctx.tokenizer, replace(settings, epochs=1), ctx.runtime)  # not timed
+    _, warmup_seconds = timed(lambda: train_model(model, warmup, tiny_val, ctx.tokenizer, replace(settings, epochs=1),
+                                                  ctx.runtime))
     model = fresh_model(cfg)
     fit, seconds = timed(lambda: train_model(model, train, tiny_val, ctx.tokenizer, settings, ctx.runtime))
-    return model, seconds, fit.record
+    return model, seconds, {**fit.record, "warmup_seconds": warmup_seconds}
 
 
 def run_trainer(cfg: RunConfig, ctx, train: Encoded, warmup: Encoded, out_dir: str):
@@ -104,24 +109,28 @@ def id_val_f1(model, ctx, cfg) -> float:
 
 
 BUCKETS = 16  # ours_bucketed: chunks of 16 batches sorted by token count (as docs/measurements.md measured it)
-CONTENDERS = ("ours", "ours_bucketed", "trainer")
+# our loop's variants: the settings each changes (darl_utils/compilation.py for the compiled ones)
+OURS = {"ours": {}, "ours_bucketed": {"length_buckets": BUCKETS}, "ours_compiled": {"compile": "default"},
+        "ours_graphs": {"compile": "reduce-overhead"}}
+CONTENDERS = (*OURS, "trainer")
 
 
-def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir: str) -> dict:
+def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir: str,
+            contenders: tuple = CONTENDERS) -> dict:
     ctx = pipeline.prepare(cfg)
     train = ctx.encoded("train")
     if steps:
         train = Encoded(train.features[:steps * cfg.batch_size], train.labels[:steps * cfg.batch_size])
     warmup = Encoded(train.features[:warmup_steps * cfg.batch_size], train.labels[:warmup_steps * cfg.batch_size])
     tiny_val = Encoded(ctx.encoded("id_val").features[:cfg.batch_size], ctx.encoded("id_val").labels[:cfg.batch_size])
-    runs = {"ours": lambda: run_ours(cfg, ctx, train, tiny_val, warmup),
-            "ours_bucketed": lambda: run_ours(replace(cfg, length_buckets=BUCKETS), ctx, train, tiny_val, warmup),
-            "trainer": lambda: run_trainer(cfg, ctx, train, warmup, out_dir)}
+    runs = {name: (lambda changes=changes: run_ours(replace(cfg, **changes), ctx, train, tiny_val, warmup))
+            for name, changes in OURS.items()}
+    runs["trainer"] = lambda: run_trainer(cfg, ctx, train, warmup, out_dir)
     line = {"batch": cfg.batch_size, "pairs": len(train), "epochs": cfg.epochs, "device": str(ctx.runtime.device),
             "rounds": []}
-    measured = {name: [] for name in CONTENDERS}
+    measured = {name: [] for name in contenders}
     for round_ in range(repeats):
-        order = list(CONTENDERS) if round_ % 2 == 0 else list(reversed(CONTENDERS))
+        order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
         line["rounds"].append(order)
         for name in order:
             measured[name].append(one_measurement(runs[name], len(train) * cfg.epochs, ctx, cfg))
@@ -130,8 +139,10 @@ def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir
         line.update({f"{name}_{key}": value for key, value in best.items() if key != "peak_gib"})
         line[f"{name}_peak_gib"] = max(r["peak_gib"] for r in rounds) if torch.cuda.is_available() else None
         line[f"{name}_rounds"] = rounds
-    line["ratio"] = line["ours_samples_per_s"] / line["trainer_samples_per_s"]
-    line["ratio_bucketed"] = line["ours_bucketed_samples_per_s"] / line["trainer_samples_per_s"]
+    if "trainer" in measured:  # ratio (ours), ratio_bucketed, ratio_compiled, ratio_graphs
+        for name in [n for n in measured if n in OURS]:
+            key = "ratio" + name[len("ours"):]
+            line[key] = line[f"{name}_samples_per_s"] / line["trainer_samples_per_s"]
     return line
 
 
@@ -146,6 +157,7 @@ def one_measurement(run, samples: int, ctx, cfg: RunConfig) -> dict:
               "id_val_macro_f1": id_val_f1(model.to(ctx.runtime.device), ctx, cfg)}
     if record:
         result["data_share"] = record["data_seconds"] / max(record["train_seconds"], 1e-9)
+        result["warmup_seconds"] = record["warmup_seconds"]
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -173,7 +185,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--max-eval-pairs", type=int, default=2000)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--steps", type=int, default=0, help="training steps a measurement (0: every train pair)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three contenders")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the contenders")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS,
+                        help="which loops are measured (default: all)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out-dir", default="reports/benchmarks/throughput")
     args = parser.parse_args(argv)
@@ -187,7 +201,8 @@ def main(argv=None) -> list[dict]:
                         epochs=args.epochs, lr=args.lr, max_train_pairs=args.max_train_pairs,
                         max_eval_pairs=args.max_eval_pairs, device=args.device, progress=False,
                         out_dir=args.out_dir).validate()
-        line = measure(cfg, args.warmup_steps, args.repeats, args.steps, args.out_dir)
+        line = measure(cfg, args.warmup_steps, args.repeats, args.steps, args.out_dir,
+                       tuple(dict.fromkeys(args.contenders)))
         lines.append(line)
         append_line(Path(args.out_dir) / "throughput.jsonl", {**vars(args), **line}, line["device"])
         print(summary(line, args.epochs), flush=True)
@@ -197,14 +212,22 @@ def main(argv=None) -> list[dict]:
 
 
 def summary(line: dict, epochs: int) -> str:
-    peak = "" if line["ours_peak_gib"] is None else \
-        f"; peak GPU memory ours {line['ours_peak_gib']:.2f} GiB, Trainer {line['trainer_peak_gib']:.2f} GiB"
-    return (f"batch {line['batch']}, {line['pairs']:,} train pairs x {epochs} epoch(s), best of "
-            f"{len(line['rounds'])} round(s): ours {line['ours_samples_per_s']:,.0f} samples/s (waiting for batches "
-            f"{line['ours_data_share']:.0%} of it), bucketed {line['ours_bucketed_samples_per_s']:,.0f}, Trainer "
-            f"{line['trainer_samples_per_s']:,.0f}; ratio {line['ratio']:.2f}, bucketed {line['ratio_bucketed']:.2f}"
-            f"{peak}; id_val macro-F1 ours {line['ours_id_val_macro_f1']:.3f}, bucketed "
-            f"{line['ours_bucketed_id_val_macro_f1']:.3f}, Trainer {line['trainer_id_val_macro_f1']:.3f}")
+    """One line: each contender's samples/s (a compiled one's first warm-up, which holds its compilation), the ratios
+    to Trainer, peak GPU memory and id_val macro-F1."""
+    names = [n for n in CONTENDERS if f"{n}_samples_per_s" in line]
+    speeds = []
+    for name in names:
+        first_warmup = line[f"{name}_rounds"][0].get("warmup_seconds")
+        compiled = name in ("ours_compiled", "ours_graphs") and first_warmup is not None
+        speeds.append(f"{name} {line[f'{name}_samples_per_s']:,.0f}"
+                      + (f" (first warm-up {first_warmup:.0f} s)" if compiled else ""))
+    ratios = [f"{key} {value:.2f}" for key, value in line.items() if key.startswith("ratio")]
+    waiting = f"; ours waits for batches {line['ours_data_share']:.0%} of its time" if "ours" in names else ""
+    peak = "" if line[f"{names[0]}_peak_gib"] is None else \
+        "; peak GPU memory " + ", ".join(f"{n} {line[f'{n}_peak_gib']:.2f} GiB" for n in names)
+    f1 = ", ".join(f"{n} {line[f'{n}_id_val_macro_f1']:.3f}" for n in names)
+    return (f"batch {line['batch']}, {line['pairs']:,} train pairs x {epochs} epoch(s), best of {len(line['rounds'])} "
+            f"round(s), samples/s: {', '.join(speeds)}; {', '.join(ratios)}{waiting}{peak}; id_val macro-F1 {f1}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
     python benchmarks/train_step.py                                  # MiniLM, batch 32 x 64 tokens
     python benchmarks/train_step.py --backbone smollm2 --batch 64 --tokens 128 --steps 20
     python benchmarks/train_step.py --batch 256 --tokens 51 --mean-tokens 25   # the full profile's batches
+    python benchmarks/train_step.py --batch 256 --tokens 56 --mean-tokens 25 --compile reduce-overhead
 
 Random token ids, `--tokens` wide, with no padding or (`--mean-tokens`) real lengths spread evenly around that
 mean and padding after them, as the study's batches have (Home Depot pairs at max_length 64: 24.5 real tokens a
 pair, batches of 256 padded to 51 on average). The same loop pieces as training: bf16 autocast on CUDA, AdamW
-(fused on CUDA), gradient clipping. Prints milliseconds per step, samples per second and peak memory; on a GPU
+(fused on CUDA), gradient clipping, and `--compile` as the `compile` setting (its warm-up, which compiles, is
+timed apart). Prints milliseconds per step, samples per second and peak memory; on a GPU
 also how much of a step the GPU is busy (its kernels' time, from torch.profiler): a small share means the step is
 bound by the host (Python and kernel launches), not by the GPU.
 """
@@ -19,9 +21,12 @@ import time
 
 import torch
 
+from darl_utils.compilation import COMPILE_MODES, compiled, step_begins
 from darl_utils.modeling import RelevanceModel, load_backbone
 from darl_utils.pipeline import environment
 from darl_utils.training import setup_runtime
+
+WARMUP_STEPS = {"off": 1, "default": 2, "reduce-overhead": 3}  # CUDA graphs record on a later call than the first
 
 
 def padding_mask(rows: int, width: int, mean: int) -> torch.Tensor:
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--mean-tokens", type=int, default=0, help="mean real length a row (0: no padding)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--compile", default="off", choices=COMPILE_MODES, help="the training step's torch.compile")
     args = parser.parse_args()
 
     runtime = setup_runtime(args.device)
@@ -76,9 +82,12 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=runtime.device.type == "cuda")
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
 
+    step_model = compiled(model, args.compile)  # the training step only: predictions run eager, as in the study
+
     def train_step():
+        step_begins(args.compile)
         with runtime.autocast:
-            logits = model(ids, mask)
+            logits = step_model(ids, mask)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,15 +101,18 @@ def main() -> None:
 
     for name, step in (("train", train_step), ("inference", infer_step)):
         model.train(name == "train")
-        step()  # warm-up (allocations, kernel choice)
+        started = time.perf_counter()
+        for _ in range(WARMUP_STEPS[args.compile] if name == "train" else 1):
+            step()  # warm-up (allocations, kernel choice; compilation, CUDA graph recording)
         sync()
+        warmup = f" (warm-up {time.perf_counter() - started:.1f} s)" if name == "train" else ""
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
         sync()
         ms = 1000 * (time.perf_counter() - start) / args.steps
         print(f"{name:9s} {args.backbone} batch {args.batch} x {args.tokens} tokens: {ms:8.1f} ms/step, "
-              f"{1000 * args.batch / ms:8.0f} samples/s")
+              f"{1000 * args.batch / ms:8.0f} samples/s{warmup}")
         if runtime.device.type == "cuda":
             print(f"{'':9s} GPU busy {gpu_busy_ms(step, args.steps):.1f} ms a step")
     if runtime.device.type == "cuda":

@@ -21,8 +21,9 @@ def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_
     [line] = module["main"]()
     assert line["batch"] == 16 and line["pairs"] == 4 * 16 and line["ours_peak_gib"] is None  # no GPU here
     # two rounds, the second in the reverse order; each contender's best round counts
-    assert line["rounds"] == [["ours", "ours_bucketed", "trainer"], ["trainer", "ours_bucketed", "ours"]]
-    for name in ("ours", "ours_bucketed", "trainer"):
+    everyone = ["ours", "ours_bucketed", "ours_compiled", "ours_graphs", "trainer"]
+    assert line["rounds"] == [everyone, everyone[::-1]]
+    for name in everyone:
         rounds = line[f"{name}_rounds"]
         [best] = [r for r in rounds if r["samples_per_s"] == max(r["samples_per_s"] for r in rounds)]
         assert len(rounds) == 2 and line[f"{name}_samples_per_s"] == best["samples_per_s"] > 0
@@ -30,8 +31,14 @@ def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_
         assert 0 <= best["id_val_macro_f1"] <= 1
     assert line["ratio"] == line["ours_samples_per_s"] / line["trainer_samples_per_s"]
     assert line["ratio_bucketed"] == line["ours_bucketed_samples_per_s"] / line["trainer_samples_per_s"]
+    assert line["ratio_graphs"] == line["ours_graphs_samples_per_s"] / line["trainer_samples_per_s"]
+    # the compiled loop compiles in its first round's warm-up, not in the timed part; later rounds reuse the graph
+    first, second = (r["warmup_seconds"] for r in line["ours_compiled_rounds"])
+    assert first > 3 * second, line["ours_compiled_rounds"]
     assert 0 <= line["ours_data_share"] < 1 and "trainer_data_share" not in line
-    assert "batch 16, 64 train pairs x 1 epoch(s), best of 2 round(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "batch 16, 64 train pairs x 1 epoch(s), best of 2 round(s), samples/s: ours " in out
+    assert "ours_compiled" in out and "(first warm-up" in out and "ratio_compiled" in out
     [saved] = [json.loads(x) for x in (tmp_path / "throughput.jsonl").read_text().splitlines()]
     assert saved["ratio"] == line["ratio"] and saved["batch_sizes"] == [16] and saved["machine"]["device"]
     assert saved["machine"]["device"].startswith("CPU (") and saved["repeats"] == 2

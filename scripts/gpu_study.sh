@@ -18,9 +18,10 @@
 #
 # Environment: PYTHON (the node's Python, default python3), DARL_WORK (work folder, default gpu-run in the
 # checkout), DARL_TIME_LIMIT (seconds for the whole script, default 570 for a 10-minute job: a step still running
-# is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU), DARL_STEPS (which
-# of report, gpu-tests and benchmark run, in the order named; default all three in that order: the study first,
-# and the gpu tests then run beside it),
+# is stopped in time to pack; 0: no limit), THROUGHPUT_ARGS (the benchmark's options on a GPU, default --steps 64),
+# TRAIN_STEP_MODES (the compile modes benchmarks/train_step.py times; default off default reduce-overhead),
+# DARL_STEPS (which of report, gpu-tests and benchmark run, in the order named; default all three in that order:
+# the study first, and the gpu tests then run beside it),
 # DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
 # model and gives the main table and every verdict, and the other notebooks then find their runs in the cache).
 #
@@ -238,9 +239,14 @@ gpu_tests() {
 benchmark() {
   cd "$ROOT"
   if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-    # one step of the full profile's batches: how much of it the GPU is busy (host-bound or GPU-bound)
-    limited "$PY" benchmarks/train_step.py --backbone "$DARL_MINILM" --batch 256 --tokens 51 --mean-tokens 25 \
-      --steps 20 || echo "train_step.py failed (exit $?); the throughput benchmark still runs"
+    # one step of the full profile's batches, eager and compiled (whose widths round up to 8: 51 -> 56): how much
+    # of it the GPU is busy (host-bound or GPU-bound), and what compiling changes
+    local mode
+    for mode in ${TRAIN_STEP_MODES:-off default reduce-overhead}; do
+      limited "$PY" benchmarks/train_step.py --backbone "$DARL_MINILM" --batch 256 --mean-tokens 25 --steps 20 \
+        --tokens "$([[ $mode == off ]] && echo 51 || echo 56)" --compile "$mode" \
+        || echo "train_step.py --compile $mode failed (exit $?); the benchmarks go on"
+    done
     # shellcheck disable=SC2086  # THROUGHPUT_ARGS: several options
     limited "$PY" benchmarks/throughput.py --backbone "$DARL_MINILM" --data "$DARL_DATA" \
       --out-dir "$WORK/benchmarks" ${THROUGHPUT_ARGS:---steps 64}
@@ -249,7 +255,7 @@ benchmark() {
     "$PY" -c 'import sys; from darl_utils.smoke import smoke_assets; smoke_assets(sys.argv[1])' "$WORK/assets"
     limited "$PY" benchmarks/throughput.py --dataset csv --data "$WORK/assets/pairs.csv" \
       --backbone "$WORK/assets/tiny-bert" --device cpu --batch-sizes 16 --max-train-pairs 96 --max-eval-pairs 64 \
-      --warmup-steps 2 --out-dir "$WORK/benchmarks"
+      --warmup-steps 2 --out-dir "$WORK/benchmarks" --contenders ours ours_compiled trainer
   fi
 }
 

@@ -13,7 +13,7 @@ from darl_utils.smoke import synthetic_pairs
 from darl_utils.training import Encoded, Runtime, TrainSettings, predict_logits, train_model
 
 
-def fit(backbone_dir: str, mode: str):
+def fit(backbone_dir: str, mode: str, runtime: Runtime | None = None):
     """Two epochs of a tiny BERT on synthetic pairs, dropout off (compiled dropout draws other random numbers)."""
     backbone, tokenizer, kind, _ = load_backbone(backbone_dir)
     pairs = synthetic_pairs(n_queries=40)
@@ -26,8 +26,9 @@ def fit(backbone_dir: str, mode: str):
             module.p = 0.0
     settings = TrainSettings(epochs=2, batch_size=16, lr=2e-3, warmup_ratio=0.0, patience=0, progress=False,
                              compile=mode)
-    result = train_model(model, data, data, tokenizer, settings, Runtime())
-    return result, predict_logits(model, data, tokenizer, 64, Runtime())
+    runtime = runtime or Runtime()
+    result = train_model(model, data, data, tokenizer, settings, runtime)
+    return result, predict_logits(model, data, tokenizer, 64, runtime)
 
 
 def test_a_compiled_fit_is_the_eager_fit_within_rounding(tiny_encoder):

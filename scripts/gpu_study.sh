@@ -22,6 +22,7 @@
 # TRAIN_STEP_MODES (the compile modes benchmarks/train_step.py times; default off default reduce-overhead),
 # DARL_STEPS (which of report, gpu-tests and benchmark run, in the order named; default all three in that order:
 # the study first, and the gpu tests then run beside it),
+# DARL_COMPILE (the report's `compile` setting, off, default or reduce-overhead; unset: the profile's, off in full),
 # DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
 # model and gives the main table and every verdict, and the other notebooks then find their runs in the cache).
 #
@@ -57,6 +58,10 @@ for wanted in $STEPS; do
   fi
   seen+="$wanted "
 done
+case ${DARL_COMPILE:-} in
+  ""|off|default|reduce-overhead) ;;
+  *) echo "error: DARL_COMPILE: '$DARL_COMPILE' is not one of off, default, reduce-overhead" >&2; exit 2 ;;
+esac
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
   echo "error: $BUNDLE is not a bundle (no MANIFEST.json); build one with make gpu-bundle" >&2
   exit 2
@@ -272,6 +277,8 @@ common = spec.setdefault("all", {})
 for key, where in (("backbone", os.environ["DARL_MINILM"]), ("data", os.environ["DARL_DATA"])):
     if not any(key in part for part in spec.values()) and common.get("data") != "synthetic":  # a smoke copy
         common[key] = where
+if os.environ.get("DARL_COMPILE"):  # every training step compiled (darl_utils/compilation.py)
+    common.setdefault("settings", {})["compile"] = os.environ["DARL_COMPILE"]
 with open(sys.argv[2], "w") as f:
     f.write(f"# profile {name} with the GPU bundle's MiniLM and data (written by scripts/gpu_study.sh)\n")
     yaml.safe_dump(spec, f, sort_keys=False)

@@ -159,6 +159,9 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     twice = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                            text=True, env={**env, "DARL_STEPS": "report benchmark report"})
     assert twice.returncode == 2 and "DARL_STEPS: step 'report' named twice" in twice.stderr
+    typo = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
+                          text=True, env={**env, "DARL_COMPILE": "reduce_overhead"})
+    assert typo.returncode == 2 and "DARL_COMPILE: 'reduce_overhead' is not one of" in typo.stderr
     tabbed = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                             text=True, env={**env, "DARL_STEPS": "benchmark\treport\n"}, timeout=120)
     assert "gpu-tests: not run: not in DARL_STEPS" in tabbed.stdout  # the two named steps are chosen, not skipped

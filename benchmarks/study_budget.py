@@ -3,8 +3,8 @@ inference samples from the split's real part sizes, and the time at measured (or
 
     python benchmarks/study_budget.py --profile quick --data train.csv.gz          # rates measured here
     python benchmarks/study_budget.py --profile full --data train.csv.gz \\
-        --train-rate 15000 --infer-rate 40000 --overhead 15                       # rates from a GPU run of
-                                                                                   # benchmarks/throughput.py
+        --train-rate 11500 --infer-rate 27000 --overhead 15 \\
+        --run-seconds 1 --probe-seconds 14 --first 05                              # as measured on an H100
 
 A run another notebook already trained with the same settings is counted once (the cache shares it). Training
 counts every epoch (early stopping can only make it shorter), inference every backbone pass: id_val after each
@@ -12,7 +12,9 @@ epoch, then id_test and ood_test (id_val's logits come from training). An LPFT r
 features not cached by an earlier run (train as it augments it, and the three evaluated parts, off which LP's
 logits are read) and each alpha strictly between 0 and 1 on all three parts. DASA's source model scores train
 and both pools once per seed and representation pass (the selection is then shared by every notebook).
-`--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures).
+`--overhead` is the seconds per notebook outside the runs (kernel start, imports, model load, figures);
+`--run-seconds` per run and `--probe-seconds` per LPFT run that trains its probe are what the samples leave out
+(docs/measurements.md fits them to the H100 run: about 1 s and 14 s).
 `--first 05` plans the order that `report --first 05` runs: 05 then trains the runs it shares with the others.
 The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
 smoke-profile report trains.
@@ -130,13 +132,14 @@ def budget(params: dict[str, dict]) -> list[dict]:
     """One row per notebook: runs, training and inference samples (DASA's scoring included)."""
     rows, sized, featured, scored = [], {}, {}, set()  # the caches persist from one notebook to the next
     for name, runs in planned_runs(params).items():
-        row = {"notebook": name, "runs": len(runs), "train_samples": 0, "infer_samples": 0}
+        row = {"notebook": name, "runs": len(runs), "probes": 0, "train_samples": 0, "infer_samples": 0}
         for kind, cfg in runs:
             key = cfg.key("dataset", "data", "protocol", "split_seed", "seed", "max_train_pairs", "max_eval_pairs",
                           "max_pool_pairs", "dasa_budget")
             sizes = sized.setdefault(key, part_sizes(cfg))
             on_disk = featured.setdefault(key + cfg.key("backbone", "max_length", "eval_batch_size"), set())
             train, infer = run_samples(kind, cfg, sizes, frozenset(on_disk))
+            row["probes"] += kind == "lpft" and f"train/{cfg.augment}" not in on_disk  # else its probe is cached
             on_disk.update(probe_features(cfg, sizes) if kind == "lpft" else {})
             row["train_samples"] += train
             row["infer_samples"] += infer
@@ -173,6 +176,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--train-rate", type=float, default=0, help="training samples/s (0: measure here)")
     parser.add_argument("--infer-rate", type=float, default=0, help="inference samples/s (0: measure here)")
     parser.add_argument("--overhead", type=float, default=12.0, help="seconds per notebook outside the runs")
+    parser.add_argument("--run-seconds", type=float, default=0.0,
+                        help="seconds per training run beside its samples (model load, metrics, saving)")
+    parser.add_argument("--probe-seconds", type=float, default=0.0,
+                        help="seconds more per LPFT run that trains its probe (one not cached by an earlier run)")
     parser.add_argument("--first", nargs="+", default=[], metavar="NOTEBOOK",
                         help="as report --first: these notebooks run first and train the runs they share")
     args = parser.parse_args(argv)
@@ -190,7 +197,8 @@ def main(argv=None) -> list[dict]:
     totals = defaultdict(float)
     for row in rows:
         row["seconds"] = round(row["train_samples"] / train_rate + row["infer_samples"] / infer_rate
-                               + args.overhead, 1)
+                               + args.overhead + row["runs"] * args.run_seconds
+                               + row["probes"] * args.probe_seconds, 1)
         for k in ("runs", "train_samples", "infer_samples", "seconds"):
             totals[k] += row[k]
         row["done_after_seconds"] = round(totals["seconds"], 1)  # where a job with a time limit stands
@@ -199,7 +207,8 @@ def main(argv=None) -> list[dict]:
               f"(done after ~{row['done_after_seconds']:.0f} s)")
     print(f"{'total':<22} {int(totals['runs']):>3} runs  {int(totals['train_samples']):>10,} train  "
           f"{int(totals['infer_samples']):>10,} inference samples  ~{totals['seconds'] / 60:>6.1f} min "
-          f"(train {train_rate:,.0f}/s, inference {infer_rate:,.0f}/s, {args.overhead:g} s per notebook)")
+          f"(train {train_rate:,.0f}/s, inference {infer_rate:,.0f}/s, {args.overhead:g} s per notebook, "
+          f"{args.run_seconds:g} s per run, {args.probe_seconds:g} s more per probe)")
     print(json.dumps({"profile": name, "train_rate": train_rate, "infer_rate": infer_rate, "rows": rows}))
     return rows
 

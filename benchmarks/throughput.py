@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from darl_utils import pipeline
+from darl_utils.compilation import CompileError
 from darl_utils.config import RunConfig
 from darl_utils.metrics import classification_metrics
 from darl_utils.modeling import RelevanceModel, load_backbone
@@ -128,12 +129,16 @@ def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir
     runs["trainer"] = lambda: run_trainer(cfg, ctx, train, warmup, out_dir)
     line = {"batch": cfg.batch_size, "pairs": len(train), "epochs": cfg.epochs, "device": str(ctx.runtime.device),
             "rounds": []}
-    measured = {name: [] for name in contenders}
+    measured, cannot = {name: [] for name in contenders}, {}
     for round_ in range(repeats):
         order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
         line["rounds"].append(order)
-        for name in order:
-            measured[name].append(one_measurement(runs[name], len(train) * cfg.epochs, ctx, cfg))
+        for name in [n for n in order if n not in cannot]:
+            try:
+                measured[name].append(one_measurement(runs[name], len(train) * cfg.epochs, ctx, cfg))
+            except CompileError as e:  # a machine that cannot compile: the other contenders are still measured
+                cannot[name] = line[f"{name}_error"] = str(e)
+    measured = {name: rounds for name, rounds in measured.items() if rounds}
     for name, rounds in measured.items():
         best = max(rounds, key=lambda r: r["samples_per_s"])  # speed, F1 and waiting share of the same round
         line.update({f"{name}_{key}": value for key, value in best.items() if key != "peak_gib"})
@@ -221,6 +226,7 @@ def summary(line: dict, epochs: int) -> str:
         compiled = name in ("ours_compiled", "ours_graphs") and first_warmup is not None
         speeds.append(f"{name} {line[f'{name}_samples_per_s']:,.0f}"
                       + (f" (first warm-up {first_warmup:.0f} s)" if compiled else ""))
+    speeds += [f"{n} not measured: {line[f'{n}_error']}" for n in CONTENDERS if f"{n}_error" in line]
     ratios = [f"{key} {value:.2f}" for key, value in line.items() if key.startswith("ratio")]
     waiting = f"; ours waits for batches {line['ours_data_share']:.0%} of its time" if "ours" in names else ""
     peak = "" if line[f"{names[0]}_peak_gib"] is None else \

@@ -11,10 +11,12 @@ multiple of PAD_MULTIPLE so that CUDA graphs are recorded for a few shapes, not 
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
+COMPILER_ERROR = re.compile(r"\b(fatal )?error: .*")  # lower case: gcc's, not an exception's name ("...Error:")
 PAD_MULTIPLE = 8  # compiled steps: batch widths rounded up to this (masked positions change no result)
 
 
@@ -59,8 +61,17 @@ def check_compiler(mode: str, device: str) -> None:
         x = torch.randn(4, 8, device=device)
         float(fn(x).sum())
     except Exception as e:  # the backend's failures have many types (InductorError, BackendCompilerFailed, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CompileError(f"compile: {mode!r} cannot run on {device} here ({first}); set compile: off") from None
+        raise CompileError(f"compile: {mode!r} cannot run on {device} here ({_reason(e)}); set compile: off") from None
+
+
+def _reason(error: Exception) -> str:
+    """The line of a compiler failure that says why (its text runs to pages: the command, the generated source)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    compiler = [m.group(0) for m in map(COMPILER_ERROR.search, lines) if m]  # gcc's "...: fatal error: ..."
+    reason = compiler[-1] if compiler else next((x for x in lines if not x.endswith("raised:")), type(error).__name__)
+    if "Python.h" in reason:  # inductor's C++ kernels and Triton's launcher both include it
+        reason += ": the Python headers (a python3-dev package) are missing"
+    return reason
 
 
 class _Tiny(torch.nn.Module):

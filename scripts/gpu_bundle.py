@@ -13,6 +13,10 @@ torchmetrics (NODE, with their own dependencies), no network and no model weight
   minilm/        all-MiniLM-L6-v2 with its weights in float16 (the package loads them as float32), its config,
                  tokenizer, LICENSE and NOTICE
   data/          train.csv.gz (--data, default the DARL_DATA environment variable)
+  include/       pythonX.Y/, the node's Python's C headers (about 2 MiB), found here (--headers, default: an
+                 installed CPython X.Y's); torch.compile builds C kernel launchers that include Python.h, which a
+                 node without a python3-dev package lacks, and scripts/gpu_study.sh then points the compiler here.
+                 Left out, with a line that says so, where no CPython X.Y is installed here
   MANIFEST.txt   every file with its size, each part's size and the total (MANIFEST.json: the same, and the
                  node's Python, which scripts/gpu_study.sh checks)
 
@@ -22,11 +26,13 @@ At most --limit-mib (60) MiB in all; larger, it stops with the size of each part
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import zipfile
 from email.parser import Parser
@@ -223,6 +229,34 @@ def manifest(folder: Path, python: str, packages: dict) -> None:
     (folder / "MANIFEST.txt").write_text("\n".join(lines) + "\n")
 
 
+def find_headers(python: str) -> Path | None:
+    """A folder holding Python.h for CPython X.Y: that of this interpreter when it is X.Y, else of a `pythonX.Y`
+    on PATH or a pyenv version X.Y.*, else the system's; None when there is none."""
+    xy = ".".join(python.split(".")[:2])
+    ask = "import sysconfig; print(sysconfig.get_paths()['include'])"
+    candidates = [sysconfig.get_paths()["include"]] if f"{sys.version_info[0]}.{sys.version_info[1]}" == xy else []
+    for interpreter in [shutil.which(f"python{xy}")] + sorted(glob.glob(os.path.expanduser(
+            f"{os.environ.get('PYENV_ROOT', '~/.pyenv')}/versions/{xy}.*/bin/python{xy}"))):
+        if interpreter:
+            asked = subprocess.run([interpreter, "-c", ask], capture_output=True, text=True)
+            candidates += [asked.stdout.strip()] if asked.returncode == 0 else []
+    candidates += [f"/usr/include/python{xy}", f"/usr/local/include/python{xy}"]
+    return next((Path(c) for c in candidates if c and (Path(c) / "Python.h").is_file()), None)
+
+
+def copy_headers(python: str, source: Path | None, folder: Path) -> None:
+    """include/pythonX.Y: the headers (and nothing else) of `source`; a line says so when there are none."""
+    xy = ".".join(python.split(".")[:2])
+    if source is None:
+        print(f"no CPython {xy} headers here (Python.h): the bundle has none, and torch.compile works only on a "
+              f"node with its own (pass --headers DIR)")
+        return
+    if not (source / "Python.h").is_file():
+        raise BundleError(f"headers: {source} holds no Python.h")
+    shutil.copytree(source, folder / "include" / f"python{xy}",
+                    ignore=lambda d, names: [n for n in names if not (n.endswith(".h") or Path(d, n).is_dir())])
+
+
 def check_size(folder: Path, limit_mib: float) -> int:
     """The folder's size in bytes; BundleError naming each part's size when it is over the limit."""
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -238,7 +272,7 @@ def check_size(folder: Path, limit_mib: float) -> int:
 
 
 def build(python: str, out: Path, data: str, limit_mib: float = LIMIT_MIB, optional: bool = False,
-          also: tuple = ()) -> int:
+          also: tuple = (), headers: str = "auto") -> int:
     from darl_utils.modeling import resolve_backbone
     if not data or not Path(data).is_file():
         raise BundleError(f"data: {data!r} is not a file; pass --data PATH or set DARL_DATA")
@@ -253,6 +287,8 @@ def build(python: str, out: Path, data: str, limit_mib: float = LIMIT_MIB, optio
     half_precision_copy(Path(resolve_backbone("minilm")), partial / "minilm")
     (partial / "data").mkdir()
     shutil.copy2(data, partial / "data" / "train.csv.gz")
+    if headers != "none":
+        copy_headers(python, find_headers(python) if headers == "auto" else Path(headers), partial)
     manifest(partial, python, packages)
     total = check_size(partial, limit_mib)  # before the folder takes its name: an oversized one never does
     partial.rename(out)
@@ -271,9 +307,13 @@ def main(argv=None) -> int:
     parser.add_argument("--also", nargs="+", default=[], metavar="NAME",
                         help="bundle these (installed here) too, with what they need, should the node lack them: "
                              "scripts/gpu_study.sh names any requirement that neither the node nor the bundle has")
+    parser.add_argument("--headers", default="auto",
+                        help="the node's Python's C headers: auto (an installed CPython X.Y's), none, or a folder "
+                             "holding Python.h")
     args = parser.parse_args(argv)
     try:
-        total = build(args.python, Path(args.out), args.data, args.limit_mib, args.with_optional, tuple(args.also))
+        total = build(args.python, Path(args.out), args.data, args.limit_mib, args.with_optional, tuple(args.also),
+                      args.headers)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -325,11 +325,32 @@ pack() {
     "$(( $(date +%s) - t0 ))"
 }
 
+# headers NAME: torch.compile builds C launchers that include Python.h; where the node's Python has no headers (no
+# python3-dev), the bundle's (include/pythonX.Y) serve, through the compilers' include path. One line says which,
+# and which C compiler there is: without both, only `compile: off` runs here.
+headers() {
+  local own found compiler status
+  own=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  found=$(find "$BUNDLE/include" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | head -n 1)
+  if [[ -f $own/Python.h ]]; then
+    printf -v status "the node's Python's (%s)" "$own"
+  elif [[ -n $found && -f $found/Python.h ]]; then
+    export C_INCLUDE_PATH=$found${C_INCLUDE_PATH:+:$C_INCLUDE_PATH}
+    export CPLUS_INCLUDE_PATH=$found${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}
+    status="the bundle's ($(basename "$found"))"
+  else
+    status="none (torch.compile cannot build kernels here)"
+  fi
+  compiler=$(command -v "${CC:-gcc}" || command -v cc || echo none)
+  printf '%-10s Python.h: %s; C compiler: %s\n' "headers:" "$status" "$compiler" | tee -a "$LOGS/steps.txt"
+}
+
 trap 'echo "interrupted: packing what exists"; kill "${BESIDE_PID[@]}" 2>/dev/null || true; pack; exit 130' INT TERM
 
 echo "darl-study on this node: bundle $BUNDLE, profile $PROFILE, work folder $WORK"
 step venv make_venv
 if ok venv; then step install install_wheels; else skip install "no venv"; fi
+if ok venv; then headers; fi
 if ok install; then step kernel register_kernel; else skip kernel "nothing installed"; fi
 for s in $ALL_STEPS; do
   [[ " $STEPS " == *" $s "* ]] || printf '%-10s not run: not in DARL_STEPS\n' "$s:" | tee -a "$LOGS/steps.txt"

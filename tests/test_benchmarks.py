@@ -45,6 +45,25 @@ def test_throughput_compares_our_loop_with_trainer(pairs_csv, tiny_encoder, tmp_
     assert saved["machine"]["device"].startswith("CPU (") and saved["repeats"] == 2
 
 
+def test_throughput_measures_the_others_where_a_contender_cannot_compile(pairs_csv, tiny_encoder, tmp_path,
+                                                                         monkeypatch, capsys):
+    from darl_utils.compilation import CompileError
+
+    def cannot(mode, device):
+        if mode != "off":
+            raise CompileError(f"compile: {mode!r} cannot run on {device} here (no compiler); set compile: off")
+    monkeypatch.setattr("darl_utils.training.check_compiler", cannot)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--dataset", "csv", "--data", str(pairs_csv), "--backbone",
+                                      tiny_encoder, "--batch-sizes", "16", "--max-train-pairs", "96", "--steps", "2",
+                                      "--warmup-steps", "1", "--device", "cpu", "--out-dir", str(tmp_path),
+                                      "--repeats", "1", "--contenders", "ours", "ours_compiled", "trainer"])
+    [line] = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))["main"]()
+    assert line["ours_compiled_error"].startswith("compile: 'default' cannot run on cpu here (no compiler)")
+    assert "ours_compiled_samples_per_s" not in line and "ratio_compiled" not in line
+    assert line["ours_samples_per_s"] > 0 and line["trainer_samples_per_s"] > 0 and line["ratio"] > 0
+    assert "ours_compiled not measured: compile: 'default' cannot run" in capsys.readouterr().out
+
+
 def test_train_step_times_padded_batches(tiny_encoder, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["train_step.py", "--backbone", tiny_encoder, "--batch", "8", "--tokens", "16",
                                       "--mean-tokens", "8", "--steps", "2", "--device", "cpu"])

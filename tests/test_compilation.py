@@ -68,6 +68,18 @@ def test_a_machine_that_cannot_compile_gets_one_clear_error(monkeypatch):
     check_compiler.__wrapped__("off", "cpu")  # nothing to compile, nothing checked
 
 
+def test_the_error_names_the_compilers_reason_not_the_first_line_of_pages():
+    """As on a node whose Python has no headers (seen on the emulated node of tests/test_gpu_bundle.py)."""
+    raised = RuntimeError("backend='inductor' raised:\nCppCompileError: C++ compile error\n\nCommand:\ng++ k.cpp -O3\n"
+                          "\nOutput:\n/tmp/k.main.cpp:30:10: fatal error: Python.h: No such file or directory\n"
+                          "   30 | #include <Python.h>\ncompilation terminated.\n")
+    assert compilation._reason(raised) == ("fatal error: Python.h: No such file or directory: the Python headers "
+                                           "(a python3-dev package) are missing")
+    assert compilation._reason(RuntimeError("backend='inductor' raised:\nInductorError: no C compiler")) == \
+        "InductorError: no C compiler"
+    assert compilation._reason(RuntimeError("")) == "RuntimeError"
+
+
 def test_the_compile_setting_is_checked_and_steers_only_the_running():
     with pytest.raises(ConfigError, match=r"compile: 'defualt' is not one of off, default, reduce-overhead; "
                                           r"did you mean 'default'\?"):

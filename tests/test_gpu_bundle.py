@@ -217,6 +217,7 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     assert set(manifest["files"]) == {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} \
         - {"MANIFEST.txt", "MANIFEST.json"}
     assert any(name.startswith("wheels/darl_study-") for name in manifest["files"])
+    assert f"include/python{PYTHON}/Python.h" in manifest["files"]  # this Python's headers, for torch.compile
 
     python = emulated_node(tmp_path / "node")
     probe = ("import importlib.util as u, sys; import torch, transformers, accelerate, sklearn, pandas, seaborn, "
@@ -258,7 +259,11 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     suite = ET.parse(unpacked / "logs/gpu-tests.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) == int(suite.get("skipped")) > 0  # no CUDA here: every gpu test skipped
     assert "needs a CUDA GPU" in (unpacked / "logs/gpu-tests.log").read_text()
-    assert "no CUDA GPU visible: the small CPU mode" in (unpacked / "logs/benchmark.log").read_text()
+    benchmark = (unpacked / "logs/benchmark.log").read_text()
+    assert "no CUDA GPU visible: the small CPU mode" in benchmark
+    # the emulated node's Python has no headers: the bundle's serve, and the compiled loop is measured
+    assert f"headers:   Python.h: the bundle's (python{PYTHON})" in run.stdout
+    assert "samples/s: ours " in benchmark and "ours_compiled " in benchmark and "not measured" not in benchmark
 
     # notebook 02 says why there is no map; the map is drawn here from the inputs the archive brought back
     assert "umap-learn is not installed here" in (unpacked / "reports/smoke/02_ood_detection.html").read_text()

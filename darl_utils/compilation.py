@@ -1,16 +1,19 @@
 """torch.compile for the training step, opt-in (the `compile` setting).
 
 A MiniLM step at batch 256 issues about 800 operations on CUDA, each a few microseconds of Python, dispatch and
-kernel launch on the host, for a few milliseconds of GPU work: the host, not the GPU, bounds it
+kernel launch on the host, for a few milliseconds of GPU work: the host, not the GPU, likely bounds it
 (docs/measurements.md). Compiling fuses the forward and backward passes into a few dozen kernels; "reduce-overhead"
 also replays them as CUDA graphs. Both cost a compilation per process (tens of seconds, less once inductor's disk
-cache holds the graph), so they pay only where they are measured faster end to end
-(`benchmarks/throughput.py`). Shapes are dynamic: one graph serves every batch width, and widths are padded to a
-multiple of PAD_MULTIPLE so that CUDA graphs are recorded for a few shapes, not one per width.
+cache holds the graph), so they pay only where they are measured faster end to end (`benchmarks/throughput.py`).
+Without dropout a compiled fit is the eager one within rounding (tested); with it, compiled dropout draws other
+masks, so a compiled run is another run, with its own cache entry. Shapes are dynamic: one graph serves every batch
+width, and widths are padded to a multiple of PAD_MULTIPLE so that CUDA graphs are recorded for a few shapes, not
+one per width.
 """
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 import torch
@@ -45,8 +48,11 @@ def step_begins(mode: str) -> None:
 
 
 def device_of(device_setting: str) -> str:
-    """The device type a run with this `device` setting trains on (auto: CUDA where torch sees a GPU)."""
-    return "cuda" if device_setting != "cpu" and torch.cuda.is_available() else "cpu"
+    """The device a run with this `device` setting trains on, as train_model names it (auto: this process's GPU,
+    cuda:LOCAL_RANK under torchrun, where torch sees one)."""
+    if device_setting == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +64,7 @@ def check_compiler(mode: str, device: str) -> None:
         return
     try:
         fn = compiled(_Tiny(), mode)
-        x = torch.randn(4, 8, device=device)
+        x = torch.linspace(-1, 1, 32, device=device).reshape(4, 8)  # no random numbers: the run's stream stays put
         float(fn(x).sum())
     except Exception as e:  # the backend's failures have many types (InductorError, BackendCompilerFailed, ...)
         raise CompileError(f"compile: {mode!r} cannot run on {device} here ({_reason(e)}); set compile: off") from None

@@ -100,8 +100,8 @@ class RunConfig:
     length_buckets: int = setting(0, "batches of similar length from chunks of this many batches (0 = off)",
                                   within=">= 0")
     compile: str = setting("off", "torch.compile the training step: off | default | reduce-overhead (and CUDA "
-                           "graphs); pays only where the host bounds a step (darl_utils/compilation.py)",
-                           choices=COMPILE_MODES, running=True)
+                           "graphs); pays only where the host bounds a step; compiled dropout draws other masks, so "
+                           "it is another run (darl_utils/compilation.py)", choices=COMPILE_MODES)
     seed: int = setting(0, "model initialisation and data order", within=">= 0")
     # LP and LPFT (docs/STUDY.md section 5): the head trained on cached features of the frozen backbone
     lp_epochs: int = setting(100, "LP: at most this many passes over the cached train features", within=">= 1",

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm  # plain bars: batch runs and papermill logs read them as text
 
 from . import distributed
-from .compilation import check_compiler, compiled, pad_multiple, step_begins
+from .compilation import CompileError, check_compiler, compiled, pad_multiple, step_begins
 from .metrics import classification_metrics
 from .modeling import Collator
 
@@ -254,6 +254,10 @@ def _check_finite(mean_loss: torch.Tensor, epoch: int, settings: "TrainSettings"
 def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainSettings, runtime: Runtime,
                 loss_fn=None) -> Fit:
     """Fine-tune every trainable parameter; keep the weights of the best id_val macro-F1."""
+    if settings.compile != "off" and runtime.world > 1:
+        raise CompileError(f"compile: {settings.compile!r} with {runtime.world} processes is untested here; use "
+                           "compile: off under torchrun")
+    check_compiler(settings.compile, str(runtime.device))  # a machine that cannot compile fails here, in seconds
     loss_fn = (loss_fn or torch.nn.CrossEntropyLoss()).to(runtime.device)  # its constants move once, not per step
     seed_everything(settings.seed)
     model.to(runtime.device)
@@ -261,7 +265,6 @@ def train_model(model, train: Encoded, val: Encoded, tokenizer, settings: TrainS
     if runtime.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    check_compiler(settings.compile, str(runtime.device))  # a machine that cannot compile fails here, in seconds
     step_model = compiled(wrapped, settings.compile)  # the same parameters; predictions stay eager
     lengths = [len(f["input_ids"]) for f in train.features]
     sampler = LengthBucketSampler(train, lengths, settings.batch_size, settings.length_buckets, runtime.world,

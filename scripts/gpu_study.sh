@@ -62,6 +62,10 @@ case ${DARL_COMPILE:-} in
   ""|off|default|reduce-overhead) ;;
   *) echo "error: DARL_COMPILE: '$DARL_COMPILE' is not one of off, default, reduce-overhead" >&2; exit 2 ;;
 esac
+if [[ -n ${DARL_COMPILE:-} && $(basename "${PROFILE%.y*ml}") == smoke ]]; then
+  echo "error: DARL_COMPILE: the smoke profile runs as it ships; set compile in a copy of it under another name" >&2
+  exit 2
+fi
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
   echo "error: $BUNDLE is not a bundle (no MANIFEST.json); build one with make gpu-bundle" >&2
   exit 2
@@ -325,13 +329,14 @@ pack() {
     "$(( $(date +%s) - t0 ))"
 }
 
-# headers NAME: torch.compile builds C launchers that include Python.h; where the node's Python has no headers (no
+# headers: torch.compile builds C launchers that include Python.h; where the node's Python has no headers (no
 # python3-dev), the bundle's (include/pythonX.Y) serve, through the compilers' include path. One line says which,
 # and which C compiler there is: without both, only `compile: off` runs here.
 headers() {
   local own found compiler status
   own=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-  found=$(find "$BUNDLE/include" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | head -n 1)
+  found=""  # a bundle built with --headers none has no include/
+  [[ ! -d $BUNDLE/include ]] || found=$(find "$BUNDLE/include" -mindepth 1 -maxdepth 1 -type d | head -n 1)
   if [[ -f $own/Python.h ]]; then
     printf -v status "the node's Python's (%s)" "$own"
   elif [[ -n $found && -f $found/Python.h ]]; then

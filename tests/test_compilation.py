@@ -33,9 +33,10 @@ def fit(backbone_dir: str, mode: str, runtime: Runtime | None = None):
 
 def test_a_compiled_fit_is_the_eager_fit_within_rounding(tiny_encoder):
     eager, eager_logits = fit(tiny_encoder, "off")
+    check_compiler("default", "cpu")  # its tiny graph first, so that the count below is the model's
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled, compiled_logits = fit(tiny_encoder, "default")
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the model's step was compiled
     assert eager.record["compile"] == "off" and compiled.record["compile"] == "default"
     losses = [[h["train_loss"] for h in f.record["history"]] for f in (eager, compiled)]
     assert losses[0][1] < losses[0][0]  # it learns, so the comparison is not of two untrained models
@@ -80,12 +81,35 @@ def test_the_error_names_the_compilers_reason_not_the_first_line_of_pages():
     assert compilation._reason(RuntimeError("")) == "RuntimeError"
 
 
-def test_the_compile_setting_is_checked_and_steers_only_the_running():
+def test_the_compile_setting_is_checked_and_makes_another_run():
     with pytest.raises(ConfigError, match=r"compile: 'defualt' is not one of off, default, reduce-overhead; "
                                           r"did you mean 'default'\?"):
         RunConfig(compile="defualt").validate()
-    # compiled and eager runs differ only by rounding: one cache entry serves both
-    assert RunConfig(compile="default").key() == RunConfig().key()
+    # compiled dropout draws other masks than eager dropout: a compiled run is another run
+    assert RunConfig(compile="default").key() != RunConfig().key()
+
+
+def test_compile_under_several_processes_is_refused_before_anything_runs(tiny_encoder):
+    _, tokenizer, _, _ = load_backbone(tiny_encoder)
+    data = Encoded([{"input_ids": [101, 102], "attention_mask": [1, 1]}] * 2, [0, 1])
+    with pytest.raises(CompileError, match=r"compile: 'default' with 2 processes is untested here"):
+        train_model(None, data, data, tokenizer, TrainSettings(compile="default"), Runtime(rank=0, world=2))
+
+
+def test_the_check_draws_no_random_numbers():
+    """A run seeds, then checks the compiler: the check must leave the run's random stream where it was."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_compiler.__wrapped__("default", "cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_device_checked_is_the_one_a_run_trains_on(monkeypatch):
+    assert compilation.device_of("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # under torchrun: this process's GPU, as train_model names it
+    assert compilation.device_of("auto") == compilation.device_of("cuda") == "cuda:3"
 
 
 def test_a_report_or_a_command_that_cannot_compile_stops_before_any_data_is_read(monkeypatch, tmp_path, capsys):

@@ -167,6 +167,24 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     assert "gpu-tests: not run: not in DARL_STEPS" in tabbed.stdout  # the two named steps are chosen, not skipped
     assert "benchmark: skipped: nothing installed" in tabbed.stdout and "report:    skipped: no kernel" in tabbed.stdout
     assert tabbed.stdout.index("benchmark: skipped") < tabbed.stdout.index("report:    skipped")  # in the order named
+    smoke = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
+                           text=True, env={**env, "DARL_COMPILE": "default"})
+    assert smoke.returncode == 2 and "DARL_COMPILE: the smoke profile runs as it ships" in smoke.stderr
+
+
+def test_a_bundle_without_headers_is_said_so_and_the_script_goes_on(tmp_path):
+    """A bundle built with --headers none (or where no CPython X.Y was installed): no include/ folder."""
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "MANIFEST.json").write_text(json.dumps({"python": PYTHON}))
+    env = {**os.environ, "PYTHON": sys.executable, "DARL_WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+           "DARL_STEPS": "report"}
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert "venv:      ok" in run.stdout, run.stdout + run.stderr
+    # this Python has its headers, so the line names them; the script went on past the missing include/ and packed
+    assert "headers:   Python.h: the node's Python's (" in run.stdout and "C compiler: " in run.stdout
+    assert "pack:" in run.stdout and (tmp_path / "out" / "darl-gpu-smoke.tar.gz").is_file()
 
 
 def emulated_node(folder: Path) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from darl_utils import pipeline
-from darl_utils.compilation import CompileError
+from darl_utils.compilation import CompileError, failure_reason
 from darl_utils.config import RunConfig
 from darl_utils.metrics import classification_metrics
 from darl_utils.modeling import RelevanceModel, load_backbone
@@ -72,9 +72,12 @@ def run_ours(cfg: RunConfig, ctx, train: Encoded, tiny_val: Encoded, warmup: Enc
     loop's compilation, in a process's first round) the record keeps apart as warmup_seconds."""
     settings = replace(cfg.train_settings(), progress=False, patience=0)
     model = fresh_model(cfg)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _, warmup_seconds = timed(lambda: train_model(model, warmup, tiny_val, ctx.tokenizer, replace(settings, epochs=1),
                                                   ctx.runtime))
-    model = fresh_model(cfg)
+    # the same model from its first weights, copied in place: CUDA graphs were recorded on these parameters'
+    # addresses, and a new model would record them again inside the timed run
+    model.load_state_dict(initial)
     fit, seconds = timed(lambda: train_model(model, train, tiny_val, ctx.tokenizer, settings, ctx.runtime))
     return model, seconds, {**fit.record, "warmup_seconds": warmup_seconds}
 
@@ -136,8 +139,11 @@ def measure(cfg: RunConfig, warmup_steps: int, repeats: int, steps: int, out_dir
         for name in [n for n in order if n not in cannot]:
             try:
                 measured[name].append(one_measurement(runs[name], len(train) * cfg.epochs, ctx, cfg))
-            except CompileError as e:  # a machine that cannot compile: the other contenders are still measured
-                cannot[name] = line[f"{name}_error"] = str(e)
+            except Exception as e:  # a loop that cannot compile here: the other contenders are still measured
+                if not OURS.get(name, {}).get("compile"):
+                    raise
+                why = str(e) if isinstance(e, CompileError) else f"{type(e).__name__}: {failure_reason(e)}"
+                cannot[name] = line[f"{name}_error"] = why
     measured = {name: rounds for name, rounds in measured.items() if rounds}
     for name, rounds in measured.items():
         best = max(rounds, key=lambda r: r["samples_per_s"])  # speed, F1 and waiting share of the same round
@@ -229,7 +235,7 @@ def summary(line: dict, epochs: int) -> str:
     speeds += [f"{n} not measured: {line[f'{n}_error']}" for n in CONTENDERS if f"{n}_error" in line]
     ratios = [f"{key} {value:.2f}" for key, value in line.items() if key.startswith("ratio")]
     waiting = f"; ours waits for batches {line['ours_data_share']:.0%} of its time" if "ours" in names else ""
-    peak = "" if line[f"{names[0]}_peak_gib"] is None else \
+    peak = "" if not names or line[f"{names[0]}_peak_gib"] is None else \
         "; peak GPU memory " + ", ".join(f"{n} {line[f'{n}_peak_gib']:.2f} GiB" for n in names)
     f1 = ", ".join(f"{n} {line[f'{n}_id_val_macro_f1']:.3f}" for n in names)
     return (f"batch {line['batch']}, {line['pairs']:,} train pairs x {epochs} epoch(s), best of {len(line['rounds'])} "

@@ -67,10 +67,11 @@ def check_compiler(mode: str, device: str) -> None:
         x = torch.linspace(-1, 1, 32, device=device).reshape(4, 8)  # no random numbers: the run's stream stays put
         float(fn(x).sum())
     except Exception as e:  # the backend's failures have many types (InductorError, BackendCompilerFailed, ...)
-        raise CompileError(f"compile: {mode!r} cannot run on {device} here ({_reason(e)}); set compile: off") from None
+        why = failure_reason(e)
+        raise CompileError(f"compile: {mode!r} cannot run on {device} here ({why}); set compile: off") from None
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     """The line of a compiler failure that says why (its text runs to pages: the command, the generated source)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     compiler = [m.group(0) for m in map(COMPILER_ERROR.search, lines) if m]  # gcc's "...: fatal error: ..."

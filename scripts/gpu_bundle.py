@@ -13,7 +13,7 @@ torchmetrics (NODE, with their own dependencies), no network and no model weight
   minilm/        all-MiniLM-L6-v2 with its weights in float16 (the package loads them as float32), its config,
                  tokenizer, LICENSE and NOTICE
   data/          train.csv.gz (--data, default the DARL_DATA environment variable)
-  include/       pythonX.Y/, the node's Python's C headers (about 2 MiB), found here (--headers, default: an
+  include/       pythonX.Y/, the node's Python's C headers (1.2 MiB for 3.12), found here (--headers, default: an
                  installed CPython X.Y's); torch.compile builds C kernel launchers that include Python.h, which a
                  node without a python3-dev package lacks, and scripts/gpu_study.sh then points the compiler here.
                  Left out, with a line that says so, where no CPython X.Y is installed here
@@ -229,32 +229,57 @@ def manifest(folder: Path, python: str, packages: dict) -> None:
     (folder / "MANIFEST.txt").write_text("\n".join(lines) + "\n")
 
 
-def find_headers(python: str) -> Path | None:
-    """A folder holding Python.h for CPython X.Y: that of this interpreter when it is X.Y, else of a `pythonX.Y`
-    on PATH or a pyenv version X.Y.*, else the system's; None when there is none."""
+def find_headers(python: str) -> tuple[Path, Path] | None:
+    """(include, platinclude) of an installed CPython X.Y: this interpreter when it is X.Y, else a `pythonX.Y` on
+    PATH or a pyenv version X.Y.*; None when there is none. Debian's pyconfig.h in `include` only points at the one
+    in `platinclude`, which the copy takes instead."""
     xy = ".".join(python.split(".")[:2])
-    ask = "import sysconfig; print(sysconfig.get_paths()['include'])"
-    candidates = [sysconfig.get_paths()["include"]] if f"{sys.version_info[0]}.{sys.version_info[1]}" == xy else []
-    for interpreter in [shutil.which(f"python{xy}")] + sorted(glob.glob(os.path.expanduser(
-            f"{os.environ.get('PYENV_ROOT', '~/.pyenv')}/versions/{xy}.*/bin/python{xy}"))):
-        if interpreter:
-            asked = subprocess.run([interpreter, "-c", ask], capture_output=True, text=True)
-            candidates += [asked.stdout.strip()] if asked.returncode == 0 else []
-    candidates += [f"/usr/include/python{xy}", f"/usr/local/include/python{xy}"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "Python.h").is_file()), None)
+    ask = "import sysconfig; p = sysconfig.get_paths(); print(p['include']); print(p['platinclude'])"
+    found = []
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == xy:
+        found.append((sysconfig.get_paths()["include"], sysconfig.get_paths()["platinclude"]))
+    pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    for interpreter in [shutil.which(f"python{xy}"), *sorted(glob.glob(f"{pyenv}/versions/{xy}.*/bin/python{xy}"))]:
+        asked = subprocess.run([interpreter, "-c", ask], capture_output=True, text=True) if interpreter else None
+        if asked and asked.returncode == 0 and len(asked.stdout.split()) == 2:
+            found.append(tuple(asked.stdout.split()))
+    return next(((Path(i), Path(p)) for i, p in found if (Path(i) / "Python.h").is_file()), None)
 
 
-def copy_headers(python: str, source: Path | None, folder: Path) -> None:
-    """include/pythonX.Y: the headers (and nothing else) of `source`; a line says so when there are none."""
+def copy_headers(python: str, source: tuple[Path, Path] | None, folder: Path) -> None:
+    """include/pythonX.Y: the headers (and nothing else) of `source`, checked with a C compiler where there is one;
+    a line says so when there are none."""
     xy = ".".join(python.split(".")[:2])
     if source is None:
         print(f"no CPython {xy} headers here (Python.h): the bundle has none, and torch.compile works only on a "
               f"node with its own (pass --headers DIR)")
         return
-    if not (source / "Python.h").is_file():
-        raise BundleError(f"headers: {source} holds no Python.h")
-    shutil.copytree(source, folder / "include" / f"python{xy}",
+    include, platinclude = source
+    if not (include / "Python.h").is_file():
+        raise BundleError(f"headers: {include} holds no Python.h")
+    target = folder / "include" / f"python{xy}"
+    shutil.copytree(include, target,
                     ignore=lambda d, names: [n for n in names if not (n.endswith(".h") or Path(d, n).is_dir())])
+    if (platinclude / "pyconfig.h").is_file() and platinclude.resolve() != include.resolve():
+        shutil.copy2(platinclude / "pyconfig.h", target / "pyconfig.h")
+    check_headers(target)
+
+
+def check_headers(target: Path) -> None:
+    """The copy stands alone: its pyconfig.h is the configuration itself (not a pointer to another folder), and a C
+    file that includes Python.h compiles against it (where a C compiler is at hand)."""
+    if "SIZEOF_VOID_P" not in (target / "pyconfig.h").read_text(errors="replace"):
+        raise BundleError(f"headers: {target}/pyconfig.h only points elsewhere; pass --headers with the folder "
+                          "that holds the real one")
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if not compiler:
+        print(f"{target}: not compiled (no C compiler here)")
+        return
+    run = subprocess.run([compiler, "-fsyntax-only", "-I", str(target), "-x", "c", "-"],
+                         input="#include <Python.h>\n", capture_output=True, text=True)
+    if run.returncode:
+        first = next((x for x in run.stderr.splitlines() if "error" in x), run.stderr.strip()[:200])
+        raise BundleError(f"headers: {target} does not compile #include <Python.h>: {first}")
 
 
 def check_size(folder: Path, limit_mib: float) -> int:
@@ -288,7 +313,8 @@ def build(python: str, out: Path, data: str, limit_mib: float = LIMIT_MIB, optio
     (partial / "data").mkdir()
     shutil.copy2(data, partial / "data" / "train.csv.gz")
     if headers != "none":
-        copy_headers(python, find_headers(python) if headers == "auto" else Path(headers), partial)
+        source = find_headers(python) if headers == "auto" else (Path(headers), Path(headers))
+        copy_headers(python, source, partial)
     manifest(partial, python, packages)
     total = check_size(partial, limit_mib)  # before the folder takes its name: an oversized one never does
     partial.rename(out)

@@ -49,17 +49,26 @@ def test_throughput_measures_the_others_where_a_contender_cannot_compile(pairs_c
                                                                          monkeypatch, capsys):
     from darl_utils.compilation import CompileError
 
-    def cannot(mode, device):
-        if mode != "off":
+    def cannot(mode, device):  # the compiler check fails for one mode ...
+        if mode == "default":
             raise CompileError(f"compile: {mode!r} cannot run on {device} here (no compiler); set compile: off")
+
+    def breaks(module, mode):  # ... and the model's own compilation for the other, past the check
+        def step(**batch):
+            raise RuntimeError("backend='inductor' raised:\nInductorError: a kernel failed")
+        return module if mode == "off" else step
     monkeypatch.setattr("darl_utils.training.check_compiler", cannot)
+    monkeypatch.setattr("darl_utils.training.compiled", breaks)
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--dataset", "csv", "--data", str(pairs_csv), "--backbone",
                                       tiny_encoder, "--batch-sizes", "16", "--max-train-pairs", "96", "--steps", "2",
                                       "--warmup-steps", "1", "--device", "cpu", "--out-dir", str(tmp_path),
-                                      "--repeats", "1", "--contenders", "ours", "ours_compiled", "trainer"])
+                                      "--repeats", "1", "--contenders", "ours", "ours_compiled", "ours_graphs",
+                                      "trainer"])
     [line] = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))["main"]()
     assert line["ours_compiled_error"].startswith("compile: 'default' cannot run on cpu here (no compiler)")
-    assert "ours_compiled_samples_per_s" not in line and "ratio_compiled" not in line
+    assert line["ours_graphs_error"] == "RuntimeError: InductorError: a kernel failed"
+    for name, ratio in (("ours_compiled", "ratio_compiled"), ("ours_graphs", "ratio_graphs")):
+        assert f"{name}_samples_per_s" not in line and ratio not in line
     assert line["ours_samples_per_s"] > 0 and line["trainer_samples_per_s"] > 0 and line["ratio"] > 0
     assert "ours_compiled not measured: compile: 'default' cannot run" in capsys.readouterr().out
 

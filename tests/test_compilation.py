@@ -74,11 +74,11 @@ def test_the_error_names_the_compilers_reason_not_the_first_line_of_pages():
     raised = RuntimeError("backend='inductor' raised:\nCppCompileError: C++ compile error\n\nCommand:\ng++ k.cpp -O3\n"
                           "\nOutput:\n/tmp/k.main.cpp:30:10: fatal error: Python.h: No such file or directory\n"
                           "   30 | #include <Python.h>\ncompilation terminated.\n")
-    assert compilation._reason(raised) == ("fatal error: Python.h: No such file or directory: the Python headers "
-                                           "(a python3-dev package) are missing")
-    assert compilation._reason(RuntimeError("backend='inductor' raised:\nInductorError: no C compiler")) == \
+    assert compilation.failure_reason(raised) == ("fatal error: Python.h: No such file or directory: the Python "
+                                                  "headers (a python3-dev package) are missing")
+    assert compilation.failure_reason(RuntimeError("backend='inductor' raised:\nInductorError: no C compiler")) == \
         "InductorError: no C compiler"
-    assert compilation._reason(RuntimeError("")) == "RuntimeError"
+    assert compilation.failure_reason(RuntimeError("")) == "RuntimeError"
 
 
 def test_the_compile_setting_is_checked_and_makes_another_run():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gpu_bundle", ROOT / "scripts" / "gpu_bundle.py")
@@ -170,6 +171,39 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     smoke = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                            text=True, env={**env, "DARL_COMPILE": "default"})
     assert smoke.returncode == 2 and "DARL_COMPILE: the smoke profile runs as it ships" in smoke.stderr
+
+
+def test_the_node_profile_takes_the_bundles_model_and_data_and_darl_compile(tmp_path):
+    """The profile that gpu_study.sh writes for a report other than smoke (its Python, run here as it runs there)."""
+    script = (ROOT / "scripts" / "gpu_study.sh").read_text()
+    snippet = script.split("\"$WORK/$NAME.yaml\" <<'EOF'\n")[1].split("\nEOF\n")[0]
+    env = {**os.environ, "DARL_MINILM": str(tmp_path / "minilm"), "DARL_DATA": str(tmp_path / "train.csv.gz")}
+    written = tmp_path / "full-node.yaml"
+    for compile_mode in ("reduce-overhead", ""):
+        run = subprocess.run([sys.executable, "-c", snippet, "full", str(written)], capture_output=True, text=True,
+                             env={**env, "DARL_COMPILE": compile_mode}, cwd=ROOT)
+        assert run.returncode == 0 and run.stdout.strip() == str(written), run.stderr
+        common = yaml.safe_load(written.read_text())["all"]
+        assert common["backbone"] == env["DARL_MINILM"] and common["data"] == env["DARL_DATA"]
+        assert common["settings"].get("compile") == (compile_mode or None)  # unset: the profile's own (off)
+        assert common["settings"]["batch_size"] == 256  # the rest of full.yaml kept
+
+
+def test_the_headers_copy_takes_the_real_pyconfig_where_debian_points_elsewhere(tmp_path):
+    include, platinclude = tmp_path / "include", tmp_path / "platinclude"
+    include.mkdir()
+    platinclude.mkdir()
+    (include / "Python.h").write_text('#include "pyconfig.h"\nint py_version;\n')
+    (include / "pyconfig.h").write_text("#include <x86_64-linux-gnu/python9.9/pyconfig.h>\n")  # Debian's pointer
+    (include / "README").write_text("not a header")
+    (platinclude / "pyconfig.h").write_text("#define SIZEOF_VOID_P 8\n")
+    with pytest.raises(gpu_bundle.BundleError, match=r"pyconfig.h only points elsewhere"):
+        gpu_bundle.copy_headers("9.9", (include, include), tmp_path / "alone")
+    gpu_bundle.copy_headers("9.9", (include, platinclude), tmp_path / "bundle")
+    copied = tmp_path / "bundle" / "include" / "python9.9"
+    assert sorted(p.name for p in copied.iterdir()) == ["Python.h", "pyconfig.h"]  # headers only
+    assert "SIZEOF_VOID_P" in (copied / "pyconfig.h").read_text()
+    assert gpu_bundle.find_headers(PYTHON)[0].joinpath("Python.h").is_file()  # this Python's own
 
 
 def test_a_bundle_without_headers_is_said_so_and_the_script_goes_on(tmp_path):

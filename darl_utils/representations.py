@@ -27,7 +27,7 @@ from .cache import code_fingerprint, computed_once
 from .data import cache_dir
 from .features import text_hash
 from .modeling import Collator, encode_pairs, pool
-from .training import Runtime
+from .training import HostChunks, Runtime
 
 REPRESENTATIONS = ("query_first", "query_mean", "pair_mean", "pair_first", "head_hidden")
 QUERY_SIDE = ("query_first", "query_mean")
@@ -45,7 +45,8 @@ def _pooled(model, encoded: list[dict], tokenizer, hows: dict, batch_size: int, 
             progress: bool, head_hidden: bool = False) -> dict[str, np.ndarray]:
     """Per name in `hows` (name -> pooling), the pooled last layer of every encoded text; with head_hidden also
     the head's hidden layer on the model's own pooling."""
-    collate, out = Collator(tokenizer), {name: [] for name in [*hows, *(["head_hidden"] if head_hidden else [])]}
+    names = [*hows, *(["head_hidden"] if head_hidden else [])]
+    collate, out = Collator(tokenizer), {name: HostChunks() for name in names}
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
@@ -55,15 +56,16 @@ def _pooled(model, encoded: list[dict], tokenizer, hows: dict, batch_size: int, 
         with runtime.autocast:
             hidden = model.hidden_states(**batch)
             for name, how in hows.items():
-                out[name].append(pool(hidden, batch["attention_mask"], how).float().cpu())
+                out[name].add(pool(hidden, batch["attention_mask"], how).float())
             if head_hidden:
                 own = pool(hidden, batch["attention_mask"], model.pooling)
                 with torch.autocast(device_type=own.device.type, enabled=False):  # the head runs in float32
-                    out["head_hidden"].append(model.head[:3](own.float()).cpu())  # dropout (off), Linear, GELU
+                    out["head_hidden"].add(model.head[:3](own.float()))  # dropout (off), Linear, GELU
     model.train(was_training)
     order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     result = {}
-    for name, chunks in out.items():
+    for name, collected in out.items():
+        chunks = collected.on_host()
         values = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
         result[name] = np.empty_like(values)
         result[name][order] = values

@@ -82,6 +82,33 @@ class Encoded(torch.utils.data.Dataset):
         return item
 
 
+FLUSH_EVERY = 32  # prediction batches per copy to the host: one wait for the GPU per 32 batches, bounded memory
+
+
+class HostChunks:
+    """A prediction's outputs, left on the device and copied to the host FLUSH_EVERY batches at a time. A copy per
+    batch would make the host wait for the GPU each batch, instead of collating the next batch meanwhile; the
+    values are the same."""
+
+    def __init__(self):
+        self.pending, self.copied = [], []
+
+    def add(self, values: torch.Tensor) -> None:
+        self.pending.append(values)
+        if len(self.pending) >= FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.copied.append(torch.cat(self.pending).cpu())
+            self.pending = []
+
+    def on_host(self) -> list[torch.Tensor]:
+        """Every chunk, on the host, in the order added."""
+        self._flush()
+        return self.copied
+
+
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -108,14 +135,14 @@ def predict_logits(model, data: Encoded, tokenizer, batch_size: int, runtime: Ru
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
-    batches, collate, out = length_sorted_batches(data, batch_size), Collator(tokenizer), []
+    batches, collate, out = length_sorted_batches(data, batch_size), Collator(tokenizer), HostChunks()
     for indices in tqdm(batches, disable=not progress, desc=f"predict {what}"):
         batch = _to(collate([{k: v for k, v in data[i].items() if k != "label"} for i in indices]), runtime.device)
         with runtime.autocast:
             fn = model.features if what == "features" else model
-            out.append(fn(**batch).float().cpu())
+            out.add(fn(**batch).float())
     model.train(was_training)
-    return _in_data_order(out, batches)
+    return _in_data_order(out.on_host(), batches)
 
 
 @torch.no_grad()
@@ -126,9 +153,11 @@ def head_logits(head: torch.nn.Module, features: np.ndarray, data: Encoded, batc
     was_training = head.training
     head.eval().to(runtime.device)
     batches = length_sorted_batches(data, batch_size)
-    out = [head(torch.from_numpy(features[indices]).to(runtime.device)).float().cpu() for indices in batches]
+    out = HostChunks()
+    for indices in batches:
+        out.add(head(torch.from_numpy(features[indices]).to(runtime.device)).float())
     head.train(was_training)
-    return _in_data_order(out, batches)
+    return _in_data_order(out.on_host(), batches)
 
 
 class BestKeeper:

@@ -130,6 +130,18 @@ def test_the_head_on_cached_features_gives_the_full_pass_logits_exactly(which, b
     assert full.shape == (40, 3) and np.array_equal(from_features, full)
 
 
+def test_prediction_outputs_reach_the_host_in_order_a_chunk_of_batches_at_a_time():
+    from darl_utils.training import FLUSH_EVERY, HostChunks
+    chunks = HostChunks()
+    for i in range(2 * FLUSH_EVERY + 3):
+        chunks.add(torch.full((2, 3), float(i)))
+    assert len(chunks.copied) == 2 and len(chunks.pending) == 3  # two copies so far, three batches waiting
+    on_host = chunks.on_host()
+    assert [len(c) for c in on_host] == [2 * FLUSH_EVERY, 2 * FLUSH_EVERY, 6]
+    assert torch.equal(torch.cat(on_host)[::2, 0], torch.arange(2 * FLUSH_EVERY + 3, dtype=torch.float32))
+    assert HostChunks().on_host() == []
+
+
 def test_best_keeper_keeps_the_best_epochs_weights_and_logits():
     keeper, module = BestKeeper(patience=2), torch.nn.Linear(2, 2)
     best = module.weight.detach().clone()

@@ -23,7 +23,8 @@ import sys
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
-from .compilation import CompileError, check_compiler, device_of
+from . import distributed
+from .compilation import CompileError, check_compiler
 from .config import ConfigError, RunConfig, _declared_type, item_type, setting_help
 from .data import DataError
 from .modeling import BackboneError
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         args["protocol"] = "department"  # the protocol its --held-out is for; the others run without it
     try:
         cfg = RunConfig.from_dict(args).validate()
-        check_compiler(cfg.compile, device_of(cfg.device))  # before any data is read
+        check_compiler(cfg.compile, distributed.device_of(cfg.device))  # before any data is read
         from . import pipeline
         if command == "split":
             split = pipeline.prepare_split(cfg)

@@ -13,7 +13,6 @@ one per width.
 from __future__ import annotations
 
 import functools
-import os
 import re
 
 import torch
@@ -45,14 +44,6 @@ def step_begins(mode: str) -> None:
     """Tells CUDA graphs that a new training step starts, so the last step's outputs may be overwritten."""
     if mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()
-
-
-def device_of(device_setting: str) -> str:
-    """The device a run with this `device` setting trains on, as train_model names it (auto: this process's GPU,
-    cuda:LOCAL_RANK under torchrun, where torch sees one)."""
-    if device_setting == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
 import torch.distributed as dist
 
 
@@ -29,6 +30,15 @@ def rank() -> int:
 def local_rank() -> int:
     """This process's GPU on its node."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device_of(device_setting: str) -> str:
+    """The device a run with this `device` setting (auto, cpu, cuda) trains on in this process: cuda:LOCAL_RANK
+    where torch sees a GPU and the setting allows it, else cpu. setup_runtime uses it; a check made before any run
+    (the compiler's) names the same device."""
+    if device_setting == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank()}"
 
 
 def is_main_process() -> bool:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from .compilation import CompileError, check_compiler, device_of
+from . import distributed
+from .compilation import CompileError, check_compiler
 from .config import ConfigError, RunConfig, folder_problem
 from .index_page import write_index
 from .modeling import BUILTIN, builtin_key
@@ -173,7 +174,7 @@ def preflight(resolved: dict[Path, dict]) -> None:
             continue
         base = study_config(full)  # its backbone was checked with the values (RunConfig.validate)
         try:
-            check_compiler(base.compile, device_of(base.device))
+            check_compiler(base.compile, distributed.device_of(base.device))
         except CompileError as e:
             raise ConfigError(f"{nb.name}: {e}") from None
         for seed in full["seeds"]:

@@ -49,15 +49,13 @@ def setup_runtime(device: str = "auto") -> Runtime:
     """Join the process group when launched by torchrun / accelerate, and pick this process's device."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device: {device!r} must be auto, cpu or cuda")
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not use_cuda:
+    target = torch.device(distributed.device_of(device))
+    if device == "cuda" and target.type != "cuda":
         raise RuntimeError("device: 'cuda' asked for, but torch sees no CUDA GPU")
-    distributed.join(use_cuda)
-    local = distributed.local_rank()
-    if use_cuda:
-        torch.cuda.set_device(local)
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    return Runtime(distributed.rank(), distributed.world_size(), device)
+    distributed.join(target.type == "cuda")
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    return Runtime(distributed.rank(), distributed.world_size(), target)
 
 
 def seed_everything(seed: int) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from darl_utils import compilation
+from darl_utils import compilation, distributed
 from darl_utils.compilation import CompileError, check_compiler
 from darl_utils.config import ConfigError, RunConfig
 from darl_utils.data import DEGREES
@@ -106,10 +106,10 @@ def test_the_check_draws_no_random_numbers():
 
 
 def test_the_device_checked_is_the_one_a_run_trains_on(monkeypatch):
-    assert compilation.device_of("cpu") == "cpu"
+    assert distributed.device_of("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")  # under torchrun: this process's GPU, as train_model names it
-    assert compilation.device_of("auto") == compilation.device_of("cuda") == "cuda:3"
+    assert distributed.device_of("auto") == distributed.device_of("cuda") == "cuda:3"
 
 
 def test_a_report_or_a_command_that_cannot_compile_stops_before_any_data_is_read(monkeypatch, tmp_path, capsys):

@@ -16,8 +16,8 @@ and both pools once per seed and representation pass (the selection is then shar
 `--run-seconds` per run and `--probe-seconds` per LPFT run that trains its probe are what the samples leave out
 (docs/measurements.md fits them to the H100 run: about 1 s and 14 s).
 `--first 05` plans the order that `report --first 05` runs: 05 then trains the runs it shares with the others.
-The run plan mirrors the notebooks' job lists; tests/test_runner.py checks it against the runs that a real
-smoke-profile report trains.
+The run plan is darl_utils/plan.py's, which tests/test_runner.py checks against the runs that a real smoke-profile
+report trains.
 """
 from __future__ import annotations
 
@@ -30,73 +30,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from darl_utils import pipeline
-from darl_utils.config import LPFT_ONLY, RunConfig
+from darl_utils.config import RunConfig
 from darl_utils.dasa import budget_size, unlabelled_pool
-from darl_utils.notebooks import declared_parameters, study_config
-from darl_utils.runner import load_profile, resolve, run_order, study_notebooks, with_synthetic_assets
+from darl_utils.notebooks import study_config
+from darl_utils.plan import planned_runs
+from darl_utils.runner import (
+    load_profile,
+    notebook_parameters,
+    resolve,
+    run_order,
+    study_notebooks,
+    with_synthetic_assets,
+)
 
 REPRESENTATION_PASSES = 2  # DASA's representations: one pass over the pairs, one over the queries alone (upper bound)
 
 
-def notebook_parameters(spec: dict) -> dict[str, dict]:
+def profile_parameters(spec: dict) -> dict[str, dict]:
     """Each notebook's parameters as it will run them: its defaults, then the profile's (checked by the runner)."""
-    notebooks = study_notebooks()
-    resolved = resolve(spec, notebooks, Path("reports"))
-    return {nb.stem: {**declared_parameters(nb), **resolved[nb]} for nb in notebooks}
-
-
-def occ_variants(p: dict, base: RunConfig) -> dict[str, RunConfig]:
-    occ = replace(base, occ_lambda=p["occ_lambda"], occ_rho=p["occ_rho"], occ_prior=p.get("occ_prior", "ordinal"),
-                  occ_direction="reverse")
-    return {"occ": occ, "fkl": replace(occ, occ_direction="forward"),
-            "ls": replace(occ, occ_prior="uniform", occ_direction="forward")}
-
-
-def notebook_jobs(name: str, p: dict) -> list[tuple[str, RunConfig]]:
-    """(kind, config) of every run the notebook asks for, in its order; kind is 'ft' or 'lpft'."""
-    base = study_config(p)
-    jobs = []
-    for seed in p.get("seeds", []):  # 01 trains nothing
-        b = replace(base, seed=seed)
-        v = occ_variants(p, b) if "occ_lambda" in p else {}
-        if name.startswith("02"):
-            augments = ["none", "dasa"] + (["random", "length_matched", "oracle"] if p["with_controls"] else [])
-            jobs += [("ft", replace(b, augment=a)) for a in augments]
-        elif name.startswith("03"):
-            jobs += [("ft", b), ("lpft", b)]
-        elif name.startswith("04"):
-            jobs += [("ft", b), ("ft", v["occ"]), ("ft", v["fkl"]), ("ft", v["ls"])]
-            jobs += [("lpft", v["occ"])] if p["with_lpft"] else []
-        elif name.startswith("05"):
-            jobs += [("ft", b), ("lpft", b), ("ft", v["ls"]), ("ft", v["occ"]), ("ft", v["fkl"])]
-            jobs += [("ft", replace(b, augment=a)) for a in ("dasa", "random", "length_matched")]
-            jobs += [("lpft", replace(v["occ"], augment="dasa"))]
-            if p["with_ablations"]:
-                jobs += [("lpft", v["occ"]), ("ft", replace(v["occ"], augment="dasa")),
-                         ("lpft", replace(b, augment="dasa"))]
-    if name.startswith("04"):  # the rho sweep: FT+OCC at each rho, first seed only
-        occ = occ_variants(p, replace(base, seed=p["seeds"][0]))["occ"]
-        jobs += [("ft", replace(occ, occ_rho=r)) for r in p["rho_sweep"]]
-    return jobs
-
-
-def run_identity(kind: str, cfg: RunConfig) -> str:
-    """The run's cache folder: two jobs with the same folder are one training (a new alpha list re-evaluates)."""
-    if kind == "ft":
-        return pipeline.run_folder(pipeline.method_name("FT", cfg), cfg, exclude=LPFT_ONLY).name
-    return pipeline.run_folder(pipeline.method_name("LPFT", cfg), cfg, exclude=("alphas",)).name
-
-
-def planned_runs(params: dict[str, dict]) -> dict[str, list[tuple[str, RunConfig]]]:
-    """Per notebook, the runs it trains itself: those no earlier notebook trained with the same settings."""
-    seen, plan = set(), {}
-    for name, p in params.items():
-        plan[name] = []
-        for kind, cfg in notebook_jobs(name, p):
-            if run_identity(kind, cfg) not in seen:
-                seen.add(run_identity(kind, cfg))
-                plan[name].append((kind, cfg))
-    return plan
+    return notebook_parameters(resolve(spec, study_notebooks(), Path("reports")))
 
 
 def part_sizes(cfg: RunConfig) -> dict[str, int]:
@@ -187,7 +139,7 @@ def main(argv=None) -> list[dict]:
     spec = with_synthetic_assets(spec, Path(tempfile.mkdtemp(prefix="darl-budget-")))  # smoke: its tiny model
     if args.data:
         spec.setdefault("all", {})["data"] = args.data
-    params = notebook_parameters(spec)
+    params = profile_parameters(spec)
     params = {nb.stem: params[nb.stem] for nb in run_order(study_notebooks(), args.first)}  # the report's order
     rows = budget(params)
     train_rate, infer_rate = args.train_rate, args.infer_rate

@@ -145,6 +145,11 @@ def absolute_paths(params: dict) -> dict:
     return params
 
 
+def notebook_parameters(resolved: dict[Path, dict]) -> dict[str, dict]:
+    """By notebook name, in the order given: its parameters as it will run them (its defaults, then resolved)."""
+    return {nb.stem: {**declared_parameters(nb), **params} for nb, params in resolved.items()}
+
+
 def check_values(notebook: Path, params: dict) -> None:
     """Range checks before anything runs: the settings a RunConfig knows, validated as one; then the notebook's own
     parameters (NOTEBOOK_RANGES, seeds)."""

@@ -9,6 +9,7 @@ import torch
 
 from darl_utils import pipeline
 from darl_utils.modeling import RelevanceModel
+from darl_utils.plan import planned_runs
 from darl_utils.runner import load_profile, with_synthetic_assets
 
 from test_training import ROOT, tiny_config
@@ -140,8 +141,8 @@ def test_the_budget_follows_the_reports_order(tmp_path, monkeypatch, capsys):
     padded = main(rates + ["--first", "05", "--run-seconds", "2", "--probe-seconds", "5"])
     budget = runpy.run_path(str(ROOT / "benchmarks" / "study_budget.py"))
     spec = with_synthetic_assets(load_profile("smoke")[1], tmp_path / "assets")
-    params = budget["notebook_parameters"](spec)
-    plan = budget["planned_runs"]({"05_evaluation": params["05_evaluation"]})
+    params = budget["profile_parameters"](spec)
+    plan = planned_runs({"05_evaluation": params["05_evaluation"]})
     assert 0 < padded[0]["probes"] < sum(kind == "lpft" for kind, _ in plan["05_evaluation"])
     for plain, more in zip(five_first, padded):
         assert more["seconds"] == pytest.approx(plain["seconds"] + 2 * more["runs"] + 5 * more["probes"], abs=0.2)

@@ -16,6 +16,7 @@ import yaml
 from darl_utils import runner, tables
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
+from darl_utils.plan import planned_runs, run_identity
 
 PAGE_BUDGET = 2_000_000  # bytes per notebook page, figures included (the template itself is ~0.3 MB)
 
@@ -177,12 +178,12 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
     monkeypatch.setenv("DARL_CACHE", str(cache))
     budget = runpy.run_path(str(runner.NOTEBOOKS.parent / "benchmarks" / "study_budget.py"))
     spec = runner.with_synthetic_assets(runner.load_profile("smoke")[1], folder / "assets")
-    plan = budget["planned_runs"](budget["notebook_parameters"](spec))
-    planned = [budget["run_identity"](kind, cfg) for runs in plan.values() for kind, cfg in runs]
+    plan = planned_runs(budget["profile_parameters"](spec))
+    planned = [run_identity(kind, cfg) for runs in plan.values() for kind, cfg in runs]
     trained = sorted(p.name for p in (cache / "runs").iterdir() if not p.name.startswith(("lp-", ".")))
     assert len(planned) == len(set(planned)) > 10
     assert sorted(planned) == trained
-    rows = budget["budget"](budget["notebook_parameters"](spec))
+    rows = budget["budget"](budget["profile_parameters"](spec))
     assert [r["runs"] for r in rows] == [len(runs) for runs in plan.values()]
     assert all(r["train_samples"] > 0 for r in rows if r["runs"])
 

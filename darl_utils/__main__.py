@@ -8,6 +8,7 @@
     darl-study lpft --data ... --augment dasa --occ-lambda 0.5  # DaRL: DASA, then LPFT with OCC
     darl-study select --data ... --augment dasa       # only the selection: detector AUROCs, OOD share
     darl-study report --profile quick                 # every notebook with papermill, HTML pages, index.html
+    darl-study report --profile full --jobs 3         # the same, two workers training runs beside the notebooks
     darl-study split --data train.csv.gz              # build and save the split, print its summary
     darl-study protocol-gap --data ... --seeds 0 1 2  # FT under every protocol: which has the largest gap
     darl-study umap FOLDER                            # notebook 02's UMAP maps from inputs saved without umap-learn
@@ -77,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--first", nargs="+", default=[], metavar="NOTEBOOK",
                         help="run these notebooks first, in this order (05_evaluation or 05), then the others; "
                              "where a job may stop at a time limit, 05 first gives the main table first")
+    report.add_argument("--jobs", type=int, default=1, metavar="K",
+                        help="K processes train at once: the notebooks' and K - 1 workers that train the runs of the "
+                             "notebooks to come (on one GPU our loop leaves it idle between steps; several GPUs "
+                             "share the workers); default 1, the notebooks alone")
     umap = sub.add_parser("umap", help="draw notebook 02's UMAP map from the inputs it saved where umap-learn "
                                        "was not installed (an offline GPU node): one PNG per inputs file")
     umap.add_argument("path", help="an umap-inputs-*.safetensors file, or a folder searched for them")
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
     if command == "report":
         from .runner import run_profile
         try:
-            return run_profile(args["profile"], args["out"], args["progress"], args["force"], args["first"])
+            return run_profile(args["profile"], args["out"], args["progress"], args["force"], args["first"],
+                               args["jobs"])
         except (ConfigError, DataError, BackboneError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

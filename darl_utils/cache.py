@@ -113,6 +113,20 @@ def entry_lock(folder: Path):
             handle.close()  # releases the lock
 
 
+def entry_busy(folder: Path) -> bool:
+    """Whether another process holds the entry's lock now (is training that run): a report's worker passes it by.
+    The test takes the lock for an instant if it is free."""
+    path = Path(folder).parent / ".locks" / f"{Path(folder).name}.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:  # closing it releases a lock taken here
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+
+
 def _lock_file(folder: Path):
     locks = Path(folder).parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ tests/test_runner.py checks it against the runs that a real smoke-profile report
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from . import pipeline
 from .config import LPFT_ONLY, RunConfig
@@ -50,11 +51,16 @@ def notebook_jobs(name: str, p: dict) -> list[tuple[str, RunConfig]]:
     return jobs
 
 
-def run_identity(kind: str, cfg: RunConfig) -> str:
-    """The run's cache folder: two jobs with the same folder are one training (a new alpha list re-evaluates)."""
+def run_path(kind: str, cfg: RunConfig) -> Path:
+    """The run's cache folder, as run_ft and run_lpft name it."""
     if kind == "ft":
-        return pipeline.run_folder(pipeline.method_name("FT", cfg), cfg, exclude=LPFT_ONLY).name
-    return pipeline.run_folder(pipeline.method_name("LPFT", cfg), cfg, exclude=("alphas",)).name
+        return pipeline.run_folder(pipeline.method_name("FT", cfg), cfg, exclude=LPFT_ONLY)
+    return pipeline.run_folder(pipeline.method_name("LPFT", cfg), cfg, exclude=("alphas",))
+
+
+def run_identity(kind: str, cfg: RunConfig) -> str:
+    """Two jobs with the same cache folder are one training (a new alpha list re-evaluates)."""
+    return run_path(kind, cfg).name
 
 
 def planned_runs(params: dict[str, dict]) -> dict[str, list[tuple[str, RunConfig]]]:

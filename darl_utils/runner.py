@@ -5,6 +5,7 @@ out as an executed notebook and an HTML page (code hidden, figures inline), and 
     darl-study report --profile quick        # Home Depot on a CPU-sized sub-sample, one seed
     darl-study report --profile full         # all the data, three seeds: meant for a GPU
     darl-study report --profile mine.yaml    # a user's parameters, in the shape of profiles/*.yaml
+    darl-study report --profile full --jobs 3  # two workers train the runs of the notebooks to come (workers.py)
 
 Every parameter is checked for every notebook before the first one starts. Models and features are shared
 through the on-disk cache, so no model is trained twice for the same settings; a notebook whose source,
@@ -217,11 +218,14 @@ def run_order(notebooks: list[Path], first: list[str]) -> list[Path]:
 
 
 def run_profile(profile: str, out_root: str | Path = "reports", progress: bool = True, force: bool = False,
-                first: tuple[str, ...] = ()) -> int:
+                first: tuple[str, ...] = (), jobs: int = 1) -> int:
     """Run the study for a profile; returns 0 when every notebook finished, 1 otherwise. A notebook whose
     source, parameters, package code and data are unchanged since it last finished here is kept, not rerun
-    (force reruns it). The notebooks named in `first` run before the others (run_order)."""
+    (force reruns it). The notebooks named in `first` run before the others (run_order). With jobs > 1, so many
+    processes train at once: the notebooks' kernel and jobs - 1 workers that train the runs of the notebooks
+    to come (workers.py)."""
     name, spec = load_profile(profile)
+    check_jobs(jobs)
     notebooks = study_notebooks()
     order = run_order(notebooks, list(first))
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
@@ -233,15 +237,61 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     preflight(resolved)
     out.mkdir(parents=True, exist_ok=True)
     ledger = read_ledger(out)
+    stamps = {nb: fingerprint(nb, resolved[nb]) for nb in order}
+    kept = {nb for nb in order if not force and is_unchanged(ledger.get(nb.name, {}), stamps[nb], out)}
+    workers = start_workers({nb: resolved[nb] for nb in order if nb not in kept}, jobs, out, progress)
+    try:
+        statuses = run_notebooks(order, resolved, out, name, ledger, stamps, kept, progress)
+    except BaseException:
+        if workers:
+            workers.terminate()
+        raise
+    if workers:
+        done = workers.finish()
+        print(f"workers ({done['workers']}): {done['trained']} runs trained, {done['failed']} failed, beside the "
+              f"notebooks ({done['seconds']:.0f} s; {out / 'workers' / 'runs.jsonl'})", flush=True)
+    print(f"report: {out / 'index.html'}", flush=True)
+    return 0 if all(s["status"] == "finished" for s in statuses) else 1
+
+
+def check_jobs(jobs: int) -> None:
+    from .workers import MAX_JOBS
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"jobs: {jobs!r} must be a whole number from 1 (the notebooks alone) to {MAX_JOBS}")
+    if jobs > 1 and distributed.world_size() > 1:
+        raise ConfigError("jobs: a report under torchrun trains with its process group; run it with --jobs 1")
+
+
+def is_unchanged(before: dict, stamp: str, out: Path) -> bool:
+    """The notebook finished here before with the same fingerprint, and its page is still there."""
+    return before.get("fingerprint") == stamp and before.get("status") == "finished" \
+        and (out / before.get("page", "")).is_file()
+
+
+def start_workers(to_run: dict[Path, dict], jobs: int, out: Path, progress: bool):
+    """jobs - 1 workers training the runs these notebooks will ask for; None when there are none to start."""
+    from .plan import planned_runs
+    from .workers import Workers, ordered_jobs, threads_each, visible_gpus
+    if jobs < 2:
+        return None
+    plan = planned_runs(notebook_parameters(to_run))
+    queue = ordered_jobs(plan)
+    if not queue:
+        return None
+    device = queue[0].config.device
+    say = print if progress else (lambda line: None)
+    return Workers(queue, jobs - 1, out / "workers", visible_gpus(device), threads_each(jobs - 1), say=say)
+
+
+def run_notebooks(order: list[Path], resolved: dict, out: Path, name: str, ledger: dict, stamps: dict, kept: set,
+                  progress: bool) -> list[dict]:
+    """Each notebook in turn (those in `kept` only listed), the ledger and the index written after each."""
     statuses = []
     for nb in order:
-        params = resolved[nb]
+        params, before = resolved[nb], ledger.get(nb.name, {})
         if progress:
             print(f"[{len(statuses) + 1}/{len(resolved)}] {nb.name}", flush=True)
-        stamp = fingerprint(nb, params)
-        before = ledger.get(nb.name, {})
-        if not force and before.get("fingerprint") == stamp and before.get("status") == "finished" \
-                and (out / before["page"]).exists():
+        if nb in kept:
             statuses.append({**before, "kept": True})
         else:
             # until it finishes, the ledger and the index say so (the index links its last finished page, if any):
@@ -249,7 +299,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
             write_ledger(out, {**ledger, nb.name: {**before, "status": "running"}})
             write_index(out, name, statuses + [running_status(nb, before, out)], resolved)
             statuses.append({**execute(nb, params, out, progress, before.get("status") in ("finished", "failed")),
-                             "fingerprint": stamp, "kept": False})
+                             "fingerprint": stamps[nb], "kept": False})
             ledger[nb.name] = {k: v for k, v in statuses[-1].items() if k != "kept"}
             write_ledger(out, ledger)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
@@ -260,8 +310,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
                   f"({s['seconds']:.0f} s) -> {s['page']}{why}", flush=True)
         else:
             print(f"{nb.name}: {'kept' if s['kept'] else s['status']} ({s['seconds']:.0f} s){why}", flush=True)
-    print(f"report: {out / 'index.html'}", flush=True)
-    return 0 if all(s["status"] == "finished" for s in statuses) else 1
+    return statuses
 
 
 def fingerprint(notebook: Path, params: dict) -> str:

@@ -228,8 +228,13 @@ class Split:
                 "leakage_dropped": self.leakage_dropped, "load_dropped": self.load_dropped}
         (tmp / "split.json").write_text(json.dumps(meta, indent=2, default=str))
         if directory.exists():
-            shutil.rmtree(directory)
-        tmp.replace(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            tmp.replace(directory)
+        except OSError:  # another process (a report's worker) saved it meanwhile: the same split, kept
+            if not (directory / "split.json").exists():
+                raise
+            shutil.rmtree(tmp)
         return directory
 
 

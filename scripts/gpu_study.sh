@@ -24,7 +24,9 @@
 # the study first, and the gpu tests then run beside it),
 # DARL_COMPILE (the report's `compile` setting, off, default or reduce-overhead; unset: the profile's, off in full),
 # DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
-# model and gives the main table and every verdict, and the other notebooks then find their runs in the cache).
+# model and gives the main table and every verdict, and the other notebooks then find their runs in the cache),
+# DARL_JOBS (the report's --jobs: processes training at once on the node, the notebooks' and DARL_JOBS - 1
+# workers; default 1).
 #
 # A rerun in the same work folder resumes: the cache and the report's finished notebooks are kept, so a report
 # stopped at the time limit goes on where it stopped, and then the steps after it run (the same command twice
@@ -64,6 +66,11 @@ case ${DARL_COMPILE:-} in
 esac
 if [[ -n ${DARL_COMPILE:-} && $(basename "${PROFILE%.y*ml}") == smoke ]]; then
   echo "error: DARL_COMPILE: the smoke profile runs as it ships; set compile in a copy of it under another name" >&2
+  exit 2
+fi
+JOBS=${DARL_JOBS:-1}
+if ! [[ $JOBS =~ ^[1-9][0-9]?$ ]] || (( JOBS > 64 )); then
+  echo "error: DARL_JOBS: '$JOBS' is not a number of processes from 1 to 64 (report --jobs)" >&2
   exit 2
 fi
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
@@ -293,7 +300,7 @@ EOF
     cat "$profile"
   fi
   # shellcheck disable=SC2086  # DARL_FIRST: several notebooks
-  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress \
+  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress --jobs "$JOBS" \
     ${DARL_FIRST:+--first $DARL_FIRST}
 }
 
@@ -311,6 +318,7 @@ pack() {
     find "reports/$NAME" -maxdepth 1 -type f \( -name '*.html' -o -name ledger.json \) 2>/dev/null || true
     find "reports/$NAME/results" -mindepth 2 -maxdepth 2 -type f \( -name '*.jsonl' -o -name '*.json' \) \
       -not -path '*.previous/*' 2>/dev/null || true
+    find "reports/$NAME/workers" -maxdepth 1 -type f \( -name '*.jsonl' -o -name '*.log' \) 2>/dev/null || true
     find logs umap -type f 2>/dev/null || true
     find benchmarks -name '*.jsonl' 2>/dev/null || true
     [[ ! -f $NAME.yaml ]] || echo "$NAME.yaml"

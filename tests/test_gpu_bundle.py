@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,10 @@ def test_a_failed_step_is_logged_the_steps_after_it_skipped_and_the_logs_still_p
     smoke = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], capture_output=True,
                            text=True, env={**env, "DARL_COMPILE": "default"})
     assert smoke.returncode == 2 and "DARL_COMPILE: the smoke profile runs as it ships" in smoke.stderr
+    for jobs in ("0", "three", "65", "-1"):
+        refused = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"],
+                                 capture_output=True, text=True, env={**env, "DARL_JOBS": jobs})
+        assert refused.returncode == 2 and f"DARL_JOBS: '{jobs}' is not a number of processes" in refused.stderr
 
 
 def test_the_node_profile_takes_the_bundles_model_and_data_and_darl_compile(tmp_path):
@@ -279,7 +284,8 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
 
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "DARL_CACHE")}
     env.update(PYTHON=str(python), DARL_WORK=str(tmp_path / "work"), OUT=str(tmp_path / "out"), DARL_TIME_LIMIT="0",
-               PIP_INDEX_URL="http://127.0.0.1:9/simple")  # an index pip cannot reach: it must not need one
+               PIP_INDEX_URL="http://127.0.0.1:9/simple",  # an index pip cannot reach: it must not need one
+               DARL_JOBS="2")  # a worker trains beside the notebooks, in the node's venv
     run = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), str(bundle), "smoke"], env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -306,6 +312,11 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     ran = [line.split(":")[0] for line in (unpacked / "logs/report.log").read_text().splitlines()
            if line.endswith(" s)")]
     assert ran[0] == "05_evaluation.ipynb" and len(ran) == len(pages), ran  # DARL_FIRST's default: the main table
+    assert re.search(r"^workers \(1\): \d+ runs trained, 0 failed, beside", (unpacked / "logs/report.log").read_text(),
+                     re.M)
+    trained = [json.loads(line) for line in (unpacked / "reports/smoke/workers/runs.jsonl").read_text().splitlines()]
+    assert trained and all(r["ok"] and r["device"] is None for r in trained)
+    assert "reports/smoke/workers/worker-1.log" in names
     install = (unpacked / "logs/install.log").read_text()
     assert "pip install --no-index --no-deps" in install and "darl-study 0.1.0" in install
     suite = ET.parse(unpacked / "logs/gpu-tests.xml").getroot().find("testsuite")

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -17,6 +18,8 @@ from darl_utils import runner, tables
 from darl_utils.__main__ import main as cli
 from darl_utils.config import ConfigError
 from darl_utils.plan import planned_runs, run_identity
+
+from test_training import ROOT
 
 PAGE_BUDGET = 2_000_000  # bytes per notebook page, figures included (the template itself is ~0.3 MB)
 
@@ -186,6 +189,36 @@ def test_the_budget_plans_exactly_the_runs_a_report_trains(smoke_report, monkeyp
     rows = budget["budget"](budget["profile_parameters"](spec))
     assert [r["runs"] for r in rows] == [len(runs) for runs in plan.values()]
     assert all(r["train_samples"] > 0 for r in rows if r["runs"])
+
+
+@pytest.mark.slow
+def test_workers_beside_the_notebooks_train_the_same_runs(smoke_report, tmp_path, monkeypatch):
+    """report --jobs 3 from an empty cache: two workers train runs beside the notebooks, each run once, and every
+    result line equals the plain report's. The workers get the kernels' thread count here: on a CPU another count
+    moves the floats in their last bits (measured: every macro-F1 the same to 4 decimals, the checksums not)."""
+    import importlib.util
+
+    from darl_utils import workers
+    folder, _ = smoke_report
+    threads = int(subprocess.check_output([sys.executable, "-c", "import torch; print(torch.get_num_threads())"]))
+    monkeypatch.setattr(workers, "threads_each", lambda count, cores=None: threads)
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert runner.run_profile("smoke", tmp_path / "reports", progress=False, first=("05",), jobs=3) == 0
+    said = printed.getvalue().splitlines()
+    summary = re.fullmatch(r"workers \(2\): (\d+) runs trained, 0 failed, beside the notebooks \(\d+ s; .+\)",
+                           said[-2])
+    assert summary, said
+    log = tmp_path / "reports" / "smoke" / "workers" / "runs.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == int(summary.group(1)) >= 4 and all(r["ok"] for r in records)
+    assert {r["worker"] for r in records} == {1, 2} and len({r["run"] for r in records}) == len(records)
+    spec = importlib.util.spec_from_file_location("compare_reports", ROOT / "scripts" / "compare_reports.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    plain, beside = compare.result_lines(folder), compare.result_lines(tmp_path / "reports" / "smoke")
+    assert len(plain) > 40 and compare.differences(plain, beside) == []
 
 
 @pytest.mark.slow

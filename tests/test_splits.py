@@ -1,6 +1,7 @@
 import json
 import random
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -218,3 +219,24 @@ def test_split_saved_with_summary(synthetic, tmp_path):
     assert set(summary.columns) >= {"queries", "% irrelevant", "% weak", "% strong", *DROP_RULES.values()}
     meta = json.loads((tmp_path / "split" / "split.json").read_text())
     assert meta["leakage_dropped"] == s.leakage_dropped
+
+
+def test_a_split_saved_by_another_process_meanwhile_is_kept(synthetic, tmp_path, monkeypatch):
+    """A report's workers may build the same split at once: the one that moves its copy in second finds the
+    first one's there (the same split) and keeps it, instead of failing."""
+    s = make_split(synthetic, SplitConfig(protocol="query_form"))
+    target = tmp_path / "split"
+    move = Path.replace
+
+    def another_process_first(self, to):
+        if Path(to) == target:
+            s.save(tmp_path / "other")  # the other process's copy lands first
+            (tmp_path / "other").rename(target)
+        return move(self, to)
+
+    monkeypatch.setattr(Path, "replace", another_process_first)
+    assert s.save(target) == target
+    assert (target / "split.json").exists() and not list(tmp_path.glob("split.part*"))
+    monkeypatch.setattr(Path, "replace", lambda self, to: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError, match="disk"):  # any other failure still raises
+        s.save(tmp_path / "third")

@@ -1,0 +1,224 @@
+"""Worker processes that train a report's runs beside its notebooks: `darl-study report --jobs K`.
+
+On one GPU our training step is bound by the host (docs/measurements.md: some 800 operations a step, each a few
+microseconds of Python and launch, against a few milliseconds of GPU work), so one process leaves the GPU idle
+most of the time. With --jobs K, K - 1 workers train the runs of the report's plan (plan.py) while the notebooks
+run as before: a notebook takes a run a worker finished from the cache, waits at the run's lock for one a worker
+is training, and trains the rest itself. The cache's locks keep any run from being trained twice, and a worker
+runs the very function and config the notebook would (pipeline.run_ft / run_lpft), so the runs are the same.
+
+Workers take the runs on the split's own train part first, then the augmented ones (whose selection needs the
+seed's FT run), each in the report's order; they pass by a run that is finished or that another process is
+training. Each worker is one process, `python -m darl_utils.workers`: one JSON job a line on stdin, one JSON reply
+a line on its own stdout; whatever the runs print goes to OUT/workers/worker-N.log, and every job it ends is a
+line of OUT/workers/runs.jsonl. Several GPUs: the workers are spread over them, the notebooks keep GPU 0's share.
+A worker ends with the report's process, however that ends (a time limit's kill included, on Linux).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .cache import entry_busy
+from .config import RunConfig, method_name
+from .plan import run_path
+
+MAX_JOBS = 64  # processes training at once; more than a node's GPUs and cores can feed
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent ends
+
+
+@dataclass
+class Job:
+    """One run of the plan: what a notebook would call (run_ft or run_lpft) with which config."""
+    kind: str  # ft | lpft
+    config: RunConfig
+    notebook: str
+
+    @property
+    def label(self) -> str:
+        return f"{method_name('FT' if self.kind == 'ft' else 'LPFT', self.config)} seed {self.config.seed}"
+
+
+def ordered_jobs(plan: dict[str, list[tuple[str, RunConfig]]]) -> list[Job]:
+    """The plan's runs in the report's order, those on an augmented train part (which wait for their seed's FT
+    run and DASA selection) after the others."""
+    jobs = [Job(kind, cfg, notebook) for notebook, runs in plan.items() for kind, cfg in runs]
+    return sorted(jobs, key=lambda job: job.config.augment != "none")  # stable: the order within each group stays
+
+
+def worker_devices(count: int, gpus: list[str]) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES: spread over the GPUs from the second on (the notebooks run on the first),
+    all on the one GPU there is, None on a CPU."""
+    return [gpus[(i + 1) % len(gpus)] if gpus else None for i in range(count)]
+
+
+def visible_gpus(device_setting: str) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (none for device cpu)."""
+    import torch
+    if device_setting == "cpu" or not torch.cuda.is_available():
+        return []
+    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def threads_each(workers: int, cores: int | None = None) -> int:
+    """CPU threads per worker: the cores shared by the workers and the notebooks' kernel."""
+    return max(1, (cores or os.cpu_count() or 1) // (workers + 1))
+
+
+class Workers:
+    """`count` worker processes and a thread each in this process that hands its worker the next job."""
+
+    def __init__(self, jobs: list[Job], count: int, folder: Path, gpus: list[str], threads: int, say=print):
+        self.folder, self.say = Path(folder), say
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pending, self.records, self.skipped = deque(jobs), [], 0
+        self.lock, self.stopping, self.started = threading.Lock(), False, time.time()
+        # started from this thread: Linux ends a worker when the thread that started it ends (PR_SET_PDEATHSIG)
+        self.processes = [self._start(i, device, threads) for i, device in enumerate(worker_devices(count, gpus))]
+        self.threads = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _start(self, i: int, device: str | None, threads: int) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # one process each, never a torchrun group
+            env.pop(name, None)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        log = open(self.folder / f"worker-{i + 1}.log", "w")
+        command = [sys.executable, "-m", "darl_utils.workers", "--threads", str(threads), "--parent", str(os.getpid())]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                                   text=True, bufsize=1)
+        log.close()  # the worker holds it
+        process.device = device
+        return process
+
+    def _next(self) -> Job | None:
+        """The next job no one has finished or is training; None when there is none, or when stopping."""
+        with self.lock:
+            while self.pending and not self.stopping:
+                job = self.pending.popleft()
+                folder = run_path(job.kind, job.config)
+                if (folder / "result.json").exists() or entry_busy(folder):
+                    self.skipped += 1
+                    continue
+                return job
+        return None
+
+    def _feed(self, i: int) -> None:
+        process = self.processes[i]
+        while (job := self._next()) is not None:
+            started = time.time()
+            reply = self._ask(process, job)
+            record = {"worker": i + 1, "device": process.device, "notebook": job.notebook, "method": job.label,
+                      "run": run_path(job.kind, job.config).name, "started": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                                         time.localtime(started)),
+                      "seconds": round(time.time() - started, 1), **(reply or self._died(i))}
+            with self.lock:
+                self.records.append(record)
+                with open(self.folder / "runs.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            self.say(f"    worker {i + 1}: " + (record.get("summary") or f"{job.label} failed: {record['error']}"))
+            if reply is None:
+                return
+        process.stdin.close()  # the worker ends after its current job
+
+    def _ask(self, process: subprocess.Popen, job: Job) -> dict | None:
+        """Send one job and wait for its reply; None when the worker has ended."""
+        config = asdict(replace(job.config, out_dir=str(self.folder / "results"), progress=False))
+        try:
+            process.stdin.write(json.dumps({"kind": job.kind, "config": config}) + "\n")
+            process.stdin.flush()
+            line = process.stdout.readline()
+        except (BrokenPipeError, ValueError):
+            return None
+        return json.loads(line) if line else None
+
+    def _died(self, i: int) -> dict:
+        code = self.processes[i].wait()
+        return {"ok": False, "error": f"worker {i + 1} ended with exit status {code} (see workers/worker-{i + 1}.log)"}
+
+    def finish(self, drain: bool = False) -> dict:
+        """No new jobs (drain: once every job was handed out); the current ones end, then the workers. A summary
+        of what they did."""
+        if not drain:
+            with self.lock:
+                self.stopping = True
+        for thread in self.threads:
+            thread.join()
+        for process in self.processes:
+            if process.stdin and not process.stdin.closed:
+                process.stdin.close()
+            process.wait()
+        failed = [r for r in self.records if not r["ok"]]
+        return {"workers": len(self.processes), "trained": len(self.records) - len(failed), "failed": len(failed),
+                "passed_by": self.skipped, "seconds": round(time.time() - self.started, 1)}
+
+    def terminate(self) -> None:
+        """End every worker now (the report was interrupted): a run cut short leaves nothing in the cache."""
+        with self.lock:
+            self.stopping = True
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait()
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this worker SIGTERM when the report's process ends, however it ends."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # elsewhere: the worker ends when its stdin closes
+    if os.getppid() != parent:  # the parent ended before the line above took effect
+        sys.exit(0)
+
+
+def serve(jobs, replies, threads: int) -> None:
+    """The worker's loop: one run per job line, one reply line per run, until its input ends."""
+    import torch
+
+    from .pipeline import run_ft, run_lpft, summary_line
+    torch.set_num_threads(threads)
+    for line in jobs:
+        job = json.loads(line)
+        started = time.perf_counter()
+        try:
+            cfg = RunConfig.from_dict(job["config"])
+            result = (run_ft if job["kind"] == "ft" else run_lpft)(cfg)
+            reply = {"ok": True, "summary": summary_line(result)}
+        except Exception as e:  # noqa: BLE001 (the notebook that needs the run will raise it again, on its page)
+            traceback.print_exc()
+            reply = {"ok": False, "error": (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0]}
+        reply["run_seconds"] = round(time.perf_counter() - started, 1)
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        print(f"{time.strftime('%H:%M:%S')} {job['kind']} done: {reply}", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="a report's worker: trains the runs sent on stdin")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parent", type=int, default=0, help="the report's process id")
+    args = parser.parse_args(argv)
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the runs print goes to the worker's log, never into the replies
+    if args.parent:
+        die_with_parent(args.parent)
+    serve(sys.stdin, replies, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Workers that train a report's runs beside its notebooks (`report --jobs`): their order, their devices and
+threads, the lock test that lets them pass a run by, a run and a failure sent through a real worker, and a worker
+that ends with its parent."""
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+
+import pytest
+
+from darl_utils import pipeline, workers
+from darl_utils.cache import entry_busy, entry_lock
+from darl_utils.config import RunConfig
+from darl_utils.plan import run_path
+from darl_utils.workers import Job, Workers, ordered_jobs, threads_each, worker_devices
+
+from test_training import ROOT, tiny_config
+
+
+def test_runs_on_the_plain_train_part_go_first_each_group_in_the_reports_order():
+    base = RunConfig()
+    plan = {"05_evaluation": [("ft", base), ("ft", replace(base, augment="dasa")), ("lpft", base)],
+            "02_ood_detection": [("ft", replace(base, augment="random")), ("ft", replace(base, seed=1))]}
+    jobs = ordered_jobs(plan)
+    assert [(j.notebook[:2], j.label) for j in jobs] == [
+        ("05", "FT seed 0"), ("05", "LPFT seed 0"), ("02", "FT seed 1"), ("05", "FT+DASA seed 0"),
+        ("02", "FT+random seed 0")]
+
+
+def test_workers_spread_over_the_gpus_from_the_second_on():
+    assert worker_devices(2, []) == [None, None]  # a CPU
+    assert worker_devices(3, ["0"]) == ["0", "0", "0"]  # one GPU: all share it with the notebooks
+    assert worker_devices(5, ["0", "1", "2", "3"]) == ["1", "2", "3", "0", "1"]
+    assert worker_devices(2, ["4", "7"]) == ["7", "4"]  # as CUDA_VISIBLE_DEVICES names them
+
+
+def test_the_cores_are_shared_by_the_workers_and_the_notebooks():
+    assert threads_each(2, cores=16) == 5
+    assert threads_each(1, cores=2) == 1
+    assert threads_each(8, cores=4) == 1
+
+
+def test_a_run_being_trained_elsewhere_is_busy(tmp_path):
+    folder = tmp_path / "runs" / "ft-0123"
+    assert not entry_busy(folder)  # never locked
+    with entry_lock(folder):
+        assert entry_busy(folder)
+    assert not entry_busy(folder)  # released, and the test itself leaves no lock behind
+    with entry_lock(folder):
+        pass
+
+
+def test_a_config_crosses_to_a_worker_as_json_unchanged():
+    cfg = RunConfig(csv_columns={"group": "dept"}, held_out=["tools"], alphas=[0.0, 0.6, 1.0], occ_lambda=0.5)
+    assert RunConfig.from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+
+
+def test_a_worker_trains_a_run_for_the_notebook_and_reports_a_failure(pairs_csv, tiny_encoder, tmp_path):
+    """Two jobs through one real worker process: a run, then a config whose backbone does not exist. The run
+    lands in the cache, where the notebook's own call finds it; the failure is one line naming the culprit, and
+    the worker goes on."""
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
+    missing = replace(cfg, backbone=str(tmp_path / "no-such-model"), seed=1)
+    pool = Workers([Job("ft", missing, "05_evaluation"), Job("ft", cfg, "05_evaluation")], 1, tmp_path / "workers",
+                   gpus=[], threads=1, say=lambda line: None)
+    done = pool.finish(drain=True)
+    assert (done["trained"], done["failed"], done["passed_by"]) == (1, 1, 0)
+    records = [json.loads(line) for line in (tmp_path / "workers" / "runs.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in records] == [False, True]
+    assert "no-such-model" in records[0]["error"] and "\n" not in records[0]["error"]
+    assert records[1]["run"] == run_path("ft", cfg).name and records[1]["summary"].startswith("FT ")
+    trained = json.loads((run_path("ft", cfg) / "result.json").read_text())
+    assert pipeline.run_ft(cfg)["finished"] == trained["finished"]  # the notebook's call: from the cache
+    assert "Traceback" in (tmp_path / "workers" / "worker-1.log").read_text()  # the whole error, in the log
+
+
+def test_a_finished_or_busy_run_is_passed_by(pairs_csv, tiny_encoder, tmp_path):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
+    pipeline.run_ft(cfg)
+    busy = replace(cfg, seed=3)
+    with entry_lock(run_path("ft", busy)):
+        pool = Workers([Job("ft", cfg, "03"), Job("ft", busy, "03")], 1, tmp_path / "workers", gpus=[], threads=1,
+                       say=lambda line: None)
+        done = pool.finish(drain=True)
+    assert (done["trained"], done["failed"], done["passed_by"]) == (0, 0, 2)
+    assert not (tmp_path / "workers" / "runs.jsonl").exists()
+
+
+def test_a_worker_ends_with_the_report_that_started_it(tmp_path):
+    """The report's process killed by a time limit: its worker, busy or idle, is ended by the kernel."""
+    worker = ("import sys, time; from darl_utils.workers import die_with_parent; "
+              "die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
+    parent = ("import subprocess, sys, os; "
+              f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())], stdout=subprocess.PIPE, "
+              "stderr=subprocess.DEVNULL, text=True); "
+              "p.stdout.readline(); print(p.pid, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    worker = int(out.stdout.split()[-1])
+    deadline = time.time() + 20
+    while time.time() < deadline and _alive(worker):
+        time.sleep(0.2)
+    assert not _alive(worker), "the worker outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()  # a zombie has ended; only its entry waits to be reaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("jobs", [0, 65, True])
+def test_jobs_out_of_range_is_one_clear_error(jobs, tmp_path):
+    from darl_utils.config import ConfigError
+    from darl_utils.runner import check_jobs
+    with pytest.raises(ConfigError, match=r"jobs: .* from 1 \(the notebooks alone\) to 64"):
+        check_jobs(jobs)
+
+
+def test_the_command_line_refuses_jobs_0_before_anything_runs(tmp_path, capsys):
+    from darl_utils.__main__ import main
+    assert main(["report", "--profile", "smoke", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "jobs: 0 must be a whole number" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_workers_take_the_device_and_threads_the_parent_gives_them(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: seen.update(command=command, env=kw["env"])
+                        or type("P", (), {"stdin": None, "stdout": None})())
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    pool = Workers.__new__(Workers)  # only its _start: no process is started
+    pool.folder = tmp_path
+    pool._start(0, "2", threads=3)
+    assert seen["command"][-4:] == ["--threads", "3", "--parent", str(os.getpid())]
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2" and seen["env"]["OMP_NUM_THREADS"] == "3"
+    assert "LOCAL_RANK" not in seen["env"]
+    assert workers.MAX_JOBS == 64

@@ -271,11 +271,11 @@ def is_unchanged(before: dict, stamp: str, out: Path) -> bool:
 def start_workers(to_run: dict[Path, dict], jobs: int, out: Path, progress: bool):
     """jobs - 1 workers training the runs these notebooks will ask for; None when there are none to start."""
     from .plan import planned_runs
-    from .workers import Workers, ordered_jobs, threads_each, visible_gpus
+    from .workers import Workers, plan_jobs, threads_each, visible_gpus
     if jobs < 2:
         return None
     plan = planned_runs(notebook_parameters(to_run))
-    queue = ordered_jobs(plan)
+    queue = plan_jobs(plan)
     if not queue:
         return None
     device = queue[0].config.device

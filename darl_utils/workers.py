@@ -7,12 +7,14 @@ run as before: a notebook takes a run a worker finished from the cache, waits at
 is training, and trains the rest itself. The cache's locks keep any run from being trained twice, and a worker
 runs the very function and config the notebook would (pipeline.run_ft / run_lpft), so the runs are the same.
 
-Workers take the runs on the split's own train part first, then the augmented ones (whose selection needs the
-seed's FT run), each in the report's order; they pass by a run that is finished or that another process is
-training. Each worker is one process, `python -m darl_utils.workers`: one JSON job a line on stdin, one JSON reply
-a line on its own stdout; whatever the runs print goes to OUT/workers/worker-N.log, and every job it ends is a
-line of OUT/workers/runs.jsonl. Several GPUs: the workers are spread over them, the notebooks keep GPU 0's share.
-A worker ends with the report's process, however that ends (a time limit's kill included, on Linux).
+A notebook walks its runs from the front, so a worker takes the current notebook's runs from the back: the two meet
+in the middle and the notebook seldom waits, while the notebook named first (`--first 05`) is still the first to
+finish. A run whose DASA selection needs its seed's FT run waits for that run to finish, unless nothing else is
+left; a run that is finished, or that another process is training, is passed by. Each worker is one process,
+`python -m darl_utils.workers`: one JSON job a line on stdin, one JSON reply a line on its own stdout; whatever the
+runs print goes to OUT/workers/worker-N.log, and every job it ends is a line of OUT/workers/runs.jsonl. Several
+GPUs: the workers are spread over them, the notebooks keep GPU 0's share. A worker ends with the report's process,
+however that ends (a time limit's kill included, on Linux).
 """
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .cache import entry_busy
 from .config import RunConfig, method_name
+from .dasa import source_config
 from .plan import run_path
 
 MAX_JOBS = 64  # processes training at once; more than a node's GPUs and cores can feed
@@ -50,11 +52,32 @@ class Job:
         return f"{method_name('FT' if self.kind == 'ft' else 'LPFT', self.config)} seed {self.config.seed}"
 
 
-def ordered_jobs(plan: dict[str, list[tuple[str, RunConfig]]]) -> list[Job]:
-    """The plan's runs in the report's order, those on an augmented train part (which wait for their seed's FT
-    run and DASA selection) after the others."""
-    jobs = [Job(kind, cfg, notebook) for notebook, runs in plan.items() for kind, cfg in runs]
-    return sorted(jobs, key=lambda job: job.config.augment != "none")  # stable: the order within each group stays
+def plan_jobs(plan: dict[str, list[tuple[str, RunConfig]]]) -> list[Job]:
+    """The plan's runs (plan.planned_runs), notebook by notebook in the report's order."""
+    return [Job(kind, cfg, notebook) for notebook, runs in plan.items() for kind, cfg in runs]
+
+
+def choose(jobs: list[Job], ready) -> Job | None:
+    """The job a worker takes next: the last ready one of the first notebook that has any left (the notebook walks
+    its list from the front), else of the next notebook that has one, else the first notebook's last job."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.notebook, []).append(job)
+    for group in groups.values():
+        for job in reversed(group):
+            if ready(job):
+                return job
+    return next(iter(groups.values()))[-1] if groups else None
+
+
+def finished(kind: str, cfg: RunConfig) -> bool:
+    return (run_path(kind, cfg) / "result.json").exists()
+
+
+def ready(job: Job) -> bool:
+    """Nothing to wait for: DASA's selection (and the length-matched control, which copies its token counts) needs
+    the seed's FT run, which the job would otherwise train, or wait for, itself."""
+    return job.config.augment not in ("dasa", "length_matched") or finished("ft", source_config(job.config))
 
 
 def worker_devices(count: int, gpus: list[str]) -> list[str | None]:
@@ -83,7 +106,7 @@ class Workers:
     def __init__(self, jobs: list[Job], count: int, folder: Path, gpus: list[str], threads: int, say=print):
         self.folder, self.say = Path(folder), say
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.pending, self.records, self.skipped = deque(jobs), [], 0
+        self.pending, self.records, self.skipped = list(jobs), [], 0
         self.lock, self.stopping, self.started = threading.Lock(), False, time.time()
         # started from this thread: Linux ends a worker when the thread that started it ends (PR_SET_PDEATHSIG)
         self.processes = [self._start(i, device, threads) for i, device in enumerate(worker_devices(count, gpus))]
@@ -106,16 +129,19 @@ class Workers:
         return process
 
     def _next(self) -> Job | None:
-        """The next job no one has finished or is training; None when there is none, or when stopping."""
+        """The job `choose` picks among those no one has finished or is training; None when there is none left,
+        or when stopping."""
         with self.lock:
-            while self.pending and not self.stopping:
-                job = self.pending.popleft()
-                folder = run_path(job.kind, job.config)
-                if (folder / "result.json").exists() or entry_busy(folder):
-                    self.skipped += 1
-                    continue
-                return job
-        return None
+            if self.stopping:
+                return None
+            gone = [job for job in self.pending
+                    if finished(job.kind, job.config) or entry_busy(run_path(job.kind, job.config))]
+            self.skipped += len(gone)
+            self.pending = [job for job in self.pending if job not in gone]
+            job = choose(self.pending, ready)
+            if job is not None:
+                self.pending.remove(job)
+            return job
 
     def _feed(self, i: int) -> None:
         process = self.processes[i]

@@ -14,19 +14,37 @@ from darl_utils import pipeline, workers
 from darl_utils.cache import entry_busy, entry_lock
 from darl_utils.config import RunConfig
 from darl_utils.plan import run_path
-from darl_utils.workers import Job, Workers, ordered_jobs, threads_each, worker_devices
+from darl_utils.workers import Job, Workers, choose, plan_jobs, ready, threads_each, worker_devices
 
 from test_training import ROOT, tiny_config
 
 
-def test_runs_on_the_plain_train_part_go_first_each_group_in_the_reports_order():
+def test_a_worker_takes_the_current_notebooks_runs_from_the_back():
+    """The notebook walks its runs from the front: a worker takes the last ready run of the first notebook with
+    any left, so they meet in the middle; a run that needs its seed's FT waits while anything else is left."""
     base = RunConfig()
-    plan = {"05_evaluation": [("ft", base), ("ft", replace(base, augment="dasa")), ("lpft", base)],
-            "02_ood_detection": [("ft", replace(base, augment="random")), ("ft", replace(base, seed=1))]}
-    jobs = ordered_jobs(plan)
-    assert [(j.notebook[:2], j.label) for j in jobs] == [
-        ("05", "FT seed 0"), ("05", "LPFT seed 0"), ("02", "FT seed 1"), ("05", "FT+DASA seed 0"),
-        ("02", "FT+random seed 0")]
+    plan = {"05_evaluation": [("ft", base), ("lpft", base), ("ft", replace(base, augment="dasa")),
+                              ("ft", replace(base, augment="random"))],
+            "02_ood_detection": [("ft", replace(base, augment="oracle", seed=1)),
+                                 ("ft", replace(base, augment="length_matched", seed=1))]}
+    jobs = plan_jobs(plan)
+    assert [j.label for j in jobs] == ["FT seed 0", "LPFT seed 0", "FT+DASA seed 0", "FT+random seed 0",
+                                       "FT+oracle seed 1", "FT+length-matched seed 1"]
+    every = lambda job: True  # noqa: E731
+    assert choose(jobs, every).label == "FT+random seed 0"
+    waiting = lambda job: job.config.augment not in ("dasa", "length_matched")  # noqa: E731 (no FT finished yet)
+    assert choose(jobs[2:3] + jobs[4:], waiting).label == "FT+oracle seed 1"  # 05's one left waits: 02's instead
+    assert choose([jobs[2], jobs[5]], waiting).label == "FT+DASA seed 0"  # nothing ready: the first notebook's
+    assert choose([], every) is None
+
+
+def test_a_dasa_run_is_ready_once_its_seeds_ft_run_has_finished(pairs_csv, tiny_encoder, tmp_path):
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
+    dasa = Job("ft", replace(cfg, augment="dasa", occ_lambda=0.5), "05")
+    oracle = Job("ft", replace(cfg, augment="oracle"), "02")
+    assert not ready(dasa) and ready(oracle)
+    pipeline.run_ft(cfg)  # the source: plain FT, OCC off, on train as split
+    assert ready(dasa)
 
 
 def test_workers_spread_over_the_gpus_from_the_second_on():
@@ -68,9 +86,10 @@ def test_a_worker_trains_a_run_for_the_notebook_and_reports_a_failure(pairs_csv,
     done = pool.finish(drain=True)
     assert (done["trained"], done["failed"], done["passed_by"]) == (1, 1, 0)
     records = [json.loads(line) for line in (tmp_path / "workers" / "runs.jsonl").read_text().splitlines()]
-    assert [r["ok"] for r in records] == [False, True]
-    assert "no-such-model" in records[0]["error"] and "\n" not in records[0]["error"]
-    assert records[1]["run"] == run_path("ft", cfg).name and records[1]["summary"].startswith("FT ")
+    failed, trained_line = sorted(records, key=lambda r: r["ok"])  # the worker took the later job first
+    assert (failed["ok"], trained_line["ok"]) == (False, True)
+    assert "no-such-model" in failed["error"] and "\n" not in failed["error"]
+    assert trained_line["run"] == run_path("ft", cfg).name and trained_line["summary"].startswith("FT ")
     trained = json.loads((run_path("ft", cfg) / "result.json").read_text())
     assert pipeline.run_ft(cfg)["finished"] == trained["finished"]  # the notebook's call: from the cache
     assert "Traceback" in (tmp_path / "workers" / "worker-1.log").read_text()  # the whole error, in the log

@@ -25,7 +25,7 @@ def occ_variants(p: dict, base: RunConfig) -> dict[str, RunConfig]:
 def notebook_jobs(name: str, p: dict) -> list[tuple[str, RunConfig]]:
     """(kind, config) of every run the notebook asks for, in its order; kind is 'ft' or 'lpft'. `p` is the
     notebook's parameters as it runs them (its defaults, then the profile's)."""
-    base = study_config(p)
+    base = study_config(p).validate()  # as the runs validate it: `data` resolved, so the cache paths are theirs
     jobs = []
     for seed in p.get("seeds", []):  # 01 trains nothing
         b = replace(base, seed=seed)

@@ -158,3 +158,21 @@ def test_workers_take_the_device_and_threads_the_parent_gives_them(monkeypatch, 
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2" and seen["env"]["OMP_NUM_THREADS"] == "3"
     assert "LOCAL_RANK" not in seen["env"]
     assert workers.MAX_JOBS == 64
+
+
+def test_the_plans_runs_are_where_the_runs_themselves_will_be(homedepot_path, monkeypatch):
+    """The quick profile leaves `data` to DARL_DATA, which a run resolves when it validates its config: the plan's
+    configs must name the same cache folders, or a worker would never see a run finished, busy or ready."""
+    from pathlib import Path
+
+    from darl_utils import runner
+    from darl_utils.plan import planned_runs
+    monkeypatch.setenv("DARL_DATA", str(homedepot_path))
+    spec = runner.load_profile("quick")[1]
+    assert "data" not in spec.get("all", {})
+    params = runner.notebook_parameters(runner.resolve(spec, runner.study_notebooks(), Path("reports")))
+    jobs = plan_jobs(planned_runs({"05_evaluation": params["05_evaluation"]}))
+    assert len(jobs) == 12
+    for job in jobs:
+        assert job.config.data == str(homedepot_path.resolve())
+        assert run_path(job.kind, job.config) == run_path(job.kind, replace(job.config).validate())

@@ -43,6 +43,7 @@ from .notebooks import (
     run_notebook,
     study_config,
 )
+from .workers import kernel_threads
 
 # Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
 # notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
@@ -241,7 +242,8 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     kept = {nb for nb in order if not force and is_unchanged(ledger.get(nb.name, {}), stamps[nb], out)}
     workers = start_workers({nb: resolved[nb] for nb in order if nb not in kept}, jobs, out, progress)
     try:
-        statuses = run_notebooks(order, resolved, out, name, ledger, stamps, kept, progress)
+        with kernel_threads(workers.cpu_threads if workers else None):  # the cores shared with the workers
+            statuses = run_notebooks(order, resolved, out, name, ledger, stamps, kept, progress)
     except BaseException:
         if workers:
             workers.terminate()

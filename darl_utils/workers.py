@@ -19,6 +19,7 @@ however that ends (a time limit's kill included, on Linux).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -96,8 +97,30 @@ def visible_gpus(device_setting: str) -> list[str]:
 
 
 def threads_each(workers: int, cores: int | None = None) -> int:
-    """CPU threads per worker: the cores shared by the workers and the notebooks' kernel."""
+    """CPU threads per process, the workers' and the notebooks' kernel's alike: more threads than cores make
+    torch's threads spin while they wait for each other (measured on 2 cores: docs/measurements.md)."""
     return max(1, (cores or os.cpu_count() or 1) // (workers + 1))
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """The environment that sets a new process's CPU threads (torch reads it when it starts)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+@contextlib.contextmanager
+def kernel_threads(threads: int | None):
+    """Notebook kernels started inside take `threads` CPU threads (None: as they would); restored after."""
+    saved = {name: os.environ.get(name) for name in thread_limits(1)}
+    if threads:
+        os.environ.update(thread_limits(threads))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Workers:
@@ -110,12 +133,13 @@ class Workers:
         self.lock, self.stopping, self.started = threading.Lock(), False, time.time()
         # started from this thread: Linux ends a worker when the thread that started it ends (PR_SET_PDEATHSIG)
         self.processes = [self._start(i, device, threads) for i, device in enumerate(worker_devices(count, gpus))]
-        self.threads = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
-        for thread in self.threads:
-            thread.start()
+        self.cpu_threads = threads
+        self.feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
+        for feeder in self.feeders:
+            feeder.start()
 
     def _start(self, i: int, device: str | None, threads: int) -> subprocess.Popen:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {**os.environ, **thread_limits(threads)}
         for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # one process each, never a torchrun group
             env.pop(name, None)
         if device is not None:
@@ -182,8 +206,8 @@ class Workers:
         if not drain:
             with self.lock:
                 self.stopping = True
-        for thread in self.threads:
-            thread.join()
+        for feeder in self.feeders:
+            feeder.join()
         for process in self.processes:
             if process.stdin and not process.stdin.closed:
                 process.stdin.close()

@@ -176,3 +176,14 @@ def test_the_plans_runs_are_where_the_runs_themselves_will_be(homedepot_path, mo
     for job in jobs:
         assert job.config.data == str(homedepot_path.resolve())
         assert run_path(job.kind, job.config) == run_path(job.kind, replace(job.config).validate())
+
+
+def test_the_kernels_take_the_threads_of_their_share_and_the_environment_is_restored(monkeypatch):
+    from darl_utils.workers import kernel_threads
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with kernel_threads(2):
+        assert (os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"]) == ("2", "2")
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "7"
+    with kernel_threads(None):  # no workers: the kernels as they were
+        assert "OMP_NUM_THREADS" not in os.environ

@@ -86,6 +86,7 @@ def environment(device=None) -> dict:
 
 
 LOCK_POLL_SECONDS = 2.0  # how often a waiting torchrun job asks for a lock again (its ranks meet at each ask)
+LOCK_TEST_SECONDS = 0.25  # how long a lock held by entry_busy's test can be, and more
 
 
 @contextlib.contextmanager
@@ -99,7 +100,10 @@ def entry_lock(folder: Path):
                            "(call training.setup_runtime first)")
     handle = _lock_file(folder) if is_main_process() else None
     try:
-        if not broadcast(_try_lock(handle)):
+        taken = broadcast(_try_lock(handle))
+        if not taken and not joined():  # held for an instant only when a report's worker tests it (entry_busy)
+            taken = _try_lock_for(handle, LOCK_TEST_SECONDS)
+        if not taken:
             if handle:
                 print(f"waiting for another process to finish {Path(folder).name}", flush=True)
             if joined():
@@ -113,10 +117,19 @@ def entry_lock(folder: Path):
             handle.close()  # releases the lock
 
 
+def _try_lock_for(handle, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if _try_lock(handle):
+            return True
+    return False
+
+
 def entry_busy(folder: Path) -> bool:
     """Whether another process holds the entry's lock now (is training that run): a report's worker passes it by.
     The test takes the lock for an instant if it is free."""
-    path = Path(folder).parent / ".locks" / f"{Path(folder).name}.lock"
+    path = _lock_path(folder)
     if not path.exists():
         return False
     with open(path, "a") as handle:  # closing it releases a lock taken here
@@ -127,10 +140,14 @@ def entry_busy(folder: Path) -> bool:
             return True
 
 
+def _lock_path(folder: Path) -> Path:
+    return Path(folder).parent / ".locks" / f"{Path(folder).name}.lock"
+
+
 def _lock_file(folder: Path):
-    locks = Path(folder).parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return open(locks / f"{Path(folder).name}.lock", "w")
+    path = _lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w")
 
 
 def _try_lock(handle) -> bool | None:

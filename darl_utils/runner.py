@@ -43,7 +43,8 @@ from .notebooks import (
     run_notebook,
     study_config,
 )
-from .workers import kernel_threads
+from .plan import planned_runs
+from .workers import MAX_JOBS, Workers, kernel_threads, plan_jobs, threads_each, visible_gpus
 
 # Built-in profiles are plain files (profiles/<name>.yaml): "all" goes to every notebook that declares the name, a
 # notebook's own entry (by file stem) overrides it. Notebook defaults fill the rest.
@@ -231,8 +232,9 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     order = run_order(notebooks, list(first))
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
     check_output_folder(out)
-    if os.environ.get("DARL_DATA"):  # the kernels inherit it, and run in the project root
-        os.environ["DARL_DATA"] = str(Path(os.environ["DARL_DATA"]).expanduser().resolve())
+    for name in ("DARL_DATA", "DARL_CACHE"):  # the kernels and workers inherit them, and run in the project root
+        if os.environ.get(name):
+            os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
     spec = with_synthetic_assets(spec, out / "assets")
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
     preflight(resolved)
@@ -243,7 +245,7 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     workers = start_workers({nb: resolved[nb] for nb in order if nb not in kept}, jobs, out, progress)
     try:
         with kernel_threads(workers.cpu_threads if workers else None):  # the cores shared with the workers
-            statuses = run_notebooks(order, resolved, out, name, ledger, stamps, kept, progress)
+            statuses = run_notebooks(order, resolved, out, name, ledger, stamps, kept, progress, workers)
     except BaseException:
         if workers:
             workers.terminate()
@@ -257,7 +259,6 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
 
 
 def check_jobs(jobs: int) -> None:
-    from .workers import MAX_JOBS
     if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= MAX_JOBS:
         raise ConfigError(f"jobs: {jobs!r} must be a whole number from 1 (the notebooks alone) to {MAX_JOBS}")
     if jobs > 1 and distributed.world_size() > 1:
@@ -270,15 +271,15 @@ def is_unchanged(before: dict, stamp: str, out: Path) -> bool:
         and (out / before.get("page", "")).is_file()
 
 
-def start_workers(to_run: dict[Path, dict], jobs: int, out: Path, progress: bool):
+def start_workers(to_run: dict[Path, dict], jobs: int, out: Path, progress: bool) -> Workers | None:
     """jobs - 1 workers training the runs these notebooks will ask for; None when there are none to start."""
-    from .plan import planned_runs
-    from .workers import Workers, plan_jobs, threads_each, visible_gpus
     if jobs < 2:
         return None
-    plan = planned_runs(notebook_parameters(to_run))
-    queue = plan_jobs(plan)
+    queue = plan_jobs(planned_runs(notebook_parameters(to_run)))
     if not queue:
+        return None
+    if not all(job.config.reuse for job in queue):  # a notebook would train every run again
+        print("workers: not started, since reuse is off: the notebooks train every run themselves", flush=True)
         return None
     device = queue[0].config.device
     say = print if progress else (lambda line: None)
@@ -286,8 +287,9 @@ def start_workers(to_run: dict[Path, dict], jobs: int, out: Path, progress: bool
 
 
 def run_notebooks(order: list[Path], resolved: dict, out: Path, name: str, ledger: dict, stamps: dict, kept: set,
-                  progress: bool) -> list[dict]:
-    """Each notebook in turn (those in `kept` only listed), the ledger and the index written after each."""
+                  progress: bool, workers: Workers | None = None) -> list[dict]:
+    """Each notebook in turn (those in `kept` only listed), the ledger and the index written after each; the
+    workers then drop what it asked for and did not get."""
     statuses = []
     for nb in order:
         params, before = resolved[nb], ledger.get(nb.name, {})
@@ -304,6 +306,8 @@ def run_notebooks(order: list[Path], resolved: dict, out: Path, name: str, ledge
                              "fingerprint": stamps[nb], "kept": False})
             ledger[nb.name] = {k: v for k, v in statuses[-1].items() if k != "kept"}
             write_ledger(out, ledger)
+            if workers:
+                workers.drop(nb.stem)
         write_index(out, name, statuses, resolved)  # after each: an interrupted run still has its index
         s = statuses[-1]  # one line per notebook whatever the progress setting: a batch run is never silent
         why = f": {s['error'].splitlines()[0]}" if s["status"] == "failed" and s.get("error") else ""

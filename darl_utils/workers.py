@@ -35,6 +35,7 @@ from pathlib import Path
 from .cache import entry_busy
 from .config import RunConfig, method_name
 from .dasa import source_config
+from .data import project_root
 from .plan import run_path
 
 MAX_JOBS = 64  # processes training at once; more than a node's GPUs and cores can feed
@@ -92,14 +93,19 @@ def visible_gpus(device_setting: str) -> list[str]:
     import torch
     if device_setting == "cpu" or not torch.cuda.is_available():
         return []
-    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return named or [str(i) for i in range(torch.cuda.device_count())]
 
 
 def threads_each(workers: int, cores: int | None = None) -> int:
     """CPU threads per process, the workers' and the notebooks' kernel's alike: more threads than cores make
     torch's threads spin while they wait for each other (measured on 2 cores: docs/measurements.md)."""
-    return max(1, (cores or os.cpu_count() or 1) // (workers + 1))
+    return max(1, (cores or usable_cores()) // (workers + 1))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a job scheduler's or a container's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def thread_limits(threads: int) -> dict[str, str]:
@@ -127,13 +133,17 @@ class Workers:
     """`count` worker processes and a thread each in this process that hands its worker the next job."""
 
     def __init__(self, jobs: list[Job], count: int, folder: Path, gpus: list[str], threads: int, say=print):
-        self.folder, self.say = Path(folder), say
+        self.folder, self.say, self.cpu_threads = Path(folder), say, threads
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pending, self.records, self.skipped = list(jobs), [], 0
         self.lock, self.stopping, self.started = threading.Lock(), False, time.time()
-        # started from this thread: Linux ends a worker when the thread that started it ends (PR_SET_PDEATHSIG)
-        self.processes = [self._start(i, device, threads) for i, device in enumerate(worker_devices(count, gpus))]
-        self.cpu_threads = threads
+        self.processes = []
+        try:  # started from this thread: Linux ends a worker when the thread that started it ends (PDEATHSIG)
+            for i, device in enumerate(worker_devices(count, gpus)):
+                self.processes.append(self._start(i, device, threads))
+        except BaseException:
+            self._end_processes()
+            raise
         self.feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(count)]
         for feeder in self.feeders:
             feeder.start()
@@ -144,12 +154,15 @@ class Workers:
             env.pop(name, None)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        log = open(self.folder / f"worker-{i + 1}.log", "w")
-        command = [sys.executable, "-m", "darl_utils.workers", "--threads", str(threads), "--parent", str(os.getpid())]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                                   text=True, bufsize=1)
-        log.close()  # the worker holds it
-        process.device = device
+        # replies come on a pipe of their own: whatever the worker prints (imports included) goes to its log
+        replies, reply_end = os.pipe()
+        command = [sys.executable, "-m", "darl_utils.workers", "--threads", str(threads), "--parent", str(os.getpid()),
+                   "--reply-fd", str(reply_end)]
+        with open(self.folder / f"worker-{i + 1}.log", "w") as log:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       text=True, bufsize=1, pass_fds=(reply_end,), cwd=project_root())
+        os.close(reply_end)  # the worker holds it: its end gives this side end-of-file
+        process.replies, process.device = os.fdopen(replies), device
         return process
 
     def _next(self) -> Job | None:
@@ -167,14 +180,21 @@ class Workers:
                 self.pending.remove(job)
             return job
 
+    def drop(self, notebook: str) -> None:
+        """A notebook has run: the runs it asked for and did not get are no longer wanted (it failed before)."""
+        with self.lock:
+            self.pending = [job for job in self.pending if job.notebook != notebook]
+
     def _feed(self, i: int) -> None:
         process = self.processes[i]
         while (job := self._next()) is not None:
             started = time.time()
             reply = self._ask(process, job)
+            if reply is None and self.stopping:
+                return  # ended on purpose: the run was cut short, not failed
             record = {"worker": i + 1, "device": process.device, "notebook": job.notebook, "method": job.label,
-                      "run": run_path(job.kind, job.config).name, "started": time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                                         time.localtime(started)),
+                      "run": run_path(job.kind, job.config).name,
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                       "seconds": round(time.time() - started, 1), **(reply or self._died(i))}
             with self.lock:
                 self.records.append(record)
@@ -191,47 +211,55 @@ class Workers:
         try:
             process.stdin.write(json.dumps({"kind": job.kind, "config": config}) + "\n")
             process.stdin.flush()
-            line = process.stdout.readline()
+            line = process.replies.readline()
         except (BrokenPipeError, ValueError):
             return None
-        return json.loads(line) if line else None
+        try:
+            return json.loads(line) if line else None
+        except json.JSONDecodeError:
+            return {"ok": False, "error": f"an unreadable reply: {line[:200]!r}"}
 
     def _died(self, i: int) -> dict:
         code = self.processes[i].wait()
         return {"ok": False, "error": f"worker {i + 1} ended with exit status {code} (see workers/worker-{i + 1}.log)"}
 
     def finish(self, drain: bool = False) -> dict:
-        """No new jobs (drain: once every job was handed out); the current ones end, then the workers. A summary
-        of what they did."""
-        if not drain:
-            with self.lock:
-                self.stopping = True
-        for feeder in self.feeders:
-            feeder.join()
-        for process in self.processes:
-            if process.stdin and not process.stdin.closed:
-                process.stdin.close()
-            process.wait()
+        """Hand out no more jobs (drain: once every job was handed out) and end the workers; a run still training
+        is cut short, since every notebook has run. A summary of what they did."""
+        if drain:
+            for feeder in self.feeders:
+                feeder.join()
+        self.terminate()
         failed = [r for r in self.records if not r["ok"]]
         return {"workers": len(self.processes), "trained": len(self.records) - len(failed), "failed": len(failed),
                 "passed_by": self.skipped, "seconds": round(time.time() - self.started, 1)}
 
     def terminate(self) -> None:
-        """End every worker now (the report was interrupted): a run cut short leaves nothing in the cache."""
+        """End every worker now: a run cut short leaves nothing in the cache (its files are written whole)."""
         with self.lock:
             self.stopping = True
+        self._end_processes()
+        for feeder in self.feeders:
+            feeder.join()
+
+    def _end_processes(self, grace: float = 10.0) -> None:
         for process in self.processes:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process in self.processes:
-            process.wait()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:  # stuck in a call that SIGTERM does not interrupt
+                process.kill()
+                process.wait()
 
 
 def die_with_parent(parent: int) -> None:
     """Linux: the kernel sends this worker SIGTERM when the report's process ends, however it ends."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # -1 where refused
     except (OSError, AttributeError):
-        pass  # elsewhere: the worker ends when its stdin closes
+        pass  # not Linux: the worker ends when its stdin closes, after its current run
     if os.getppid() != parent:  # the parent ended before the line above took effect
         sys.exit(0)
 
@@ -262,9 +290,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="a report's worker: trains the runs sent on stdin")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent", type=int, default=0, help="the report's process id")
+    parser.add_argument("--reply-fd", type=int, default=1, help="where the replies go (a pipe to the report)")
     args = parser.parse_args(argv)
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # whatever the runs print goes to the worker's log, never into the replies
+    replies = os.fdopen(args.reply_fd, "w")
     if args.parent:
         die_with_parent(args.parent)
     serve(sys.stdin, replies, args.threads)

@@ -148,13 +148,16 @@ def test_the_command_line_refuses_jobs_0_before_anything_runs(tmp_path, capsys):
 
 def test_workers_take_the_device_and_threads_the_parent_gives_them(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: seen.update(command=command, env=kw["env"])
-                        or type("P", (), {"stdin": None, "stdout": None})())
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: seen.update(command=command, **kw)
+                        or type("P", (), {"stdin": None})())
     monkeypatch.setenv("LOCAL_RANK", "3")
     pool = Workers.__new__(Workers)  # only its _start: no process is started
     pool.folder = tmp_path
-    pool._start(0, "2", threads=3)
-    assert seen["command"][-4:] == ["--threads", "3", "--parent", str(os.getpid())]
+    process = pool._start(0, "2", threads=3)
+    process.replies.close()
+    reply_end = int(seen["command"][-1])
+    assert seen["command"][-6:-1] == ["--threads", "3", "--parent", str(os.getpid()), "--reply-fd"]
+    assert seen["pass_fds"] == (reply_end,) and seen["cwd"] == ROOT  # the notebooks' folder, where paths resolve
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2" and seen["env"]["OMP_NUM_THREADS"] == "3"
     assert "LOCAL_RANK" not in seen["env"]
     assert workers.MAX_JOBS == 64
@@ -187,3 +190,41 @@ def test_the_kernels_take_the_threads_of_their_share_and_the_environment_is_rest
     assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "7"
     with kernel_threads(None):  # no workers: the kernels as they were
         assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_run_still_training_when_the_notebooks_are_done_is_cut_short(pairs_csv, tiny_encoder, tmp_path):
+    """finish() ends a worker in the middle of a run (here one that waits for its seed's FT, whose lock the test
+    holds) within seconds, and writes no failure for it: every notebook has run, so no one wants that run."""
+    cfg = tiny_config(pairs_csv, tiny_encoder, tmp_path / "out", epochs=1)
+    dasa = Job("ft", replace(cfg, augment="dasa"), "05_evaluation")
+    folder = tmp_path / "workers"
+    with entry_lock(run_path("ft", cfg)):
+        pool = Workers([dasa], 1, folder, gpus=[], threads=1, say=lambda line: None)
+        deadline = time.time() + 60
+        while "waiting for another process" not in (folder / "worker-1.log").read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "waiting for another process" in (folder / "worker-1.log").read_text()
+        started = time.time()
+        done = pool.finish()
+    assert time.time() - started < 15 and pool.processes[0].poll() is not None
+    assert (done["trained"], done["failed"]) == (0, 0) and not (folder / "runs.jsonl").exists()
+    assert not (run_path("ft", dasa.config) / "result.json").exists()
+
+
+def test_a_notebook_that_has_run_takes_its_runs_out_of_the_queue():
+    pool = Workers.__new__(Workers)  # only its queue
+    pool.lock, pool.pending = __import__("threading").Lock(), plan_jobs(
+        {"02_ood_detection": [("ft", RunConfig())], "05_evaluation": [("ft", RunConfig(seed=1))]})
+    pool.drop("02_ood_detection")
+    assert [job.notebook for job in pool.pending] == ["05_evaluation"]
+
+
+def test_no_workers_when_reuse_is_off(tmp_path, capsys):
+    """With reuse off a notebook trains every run again: workers would only double the work."""
+    from darl_utils import runner
+    spec = runner.with_synthetic_assets(runner.load_profile("smoke")[1], tmp_path / "assets")
+    spec["all"]["settings"] = {**spec["all"]["settings"], "reuse": False}
+    resolved = runner.resolve(spec, runner.study_notebooks(), tmp_path / "out")
+    assert runner.start_workers(resolved, 3, tmp_path / "out", progress=False) is None
+    assert "workers: not started, since reuse is off" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "workers").exists()

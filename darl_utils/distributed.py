@@ -17,6 +17,13 @@ import os
 import torch
 import torch.distributed as dist
 
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")  # what torchrun sets in each process it starts
+
+
+def alone(env: dict) -> dict:
+    """An environment for a process of its own, never a member of this process's torchrun group."""
+    return {k: v for k, v in env.items() if k not in LAUNCHER_VARIABLES}
+
 
 def world_size() -> int:
     """How many processes the launcher started (1 without a launcher); readable before the group is joined."""

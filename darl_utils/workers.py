@@ -32,6 +32,7 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from . import distributed
 from .cache import entry_busy
 from .config import RunConfig, method_name
 from .dasa import source_config
@@ -149,9 +150,7 @@ class Workers:
             feeder.start()
 
     def _start(self, i: int, device: str | None, threads: int) -> subprocess.Popen:
-        env = {**os.environ, **thread_limits(threads)}
-        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # one process each, never a torchrun group
-            env.pop(name, None)
+        env = distributed.alone({**os.environ, **thread_limits(threads)})
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         # replies come on a pipe of their own: whatever the worker prints (imports included) goes to its log

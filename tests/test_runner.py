@@ -198,10 +198,9 @@ def test_workers_beside_the_notebooks_train_the_same_runs(smoke_report, tmp_path
     moves the floats in their last bits (measured: every macro-F1 the same to 4 decimals, the checksums not)."""
     import importlib.util
 
-    from darl_utils import workers
     folder, _ = smoke_report
     threads = int(subprocess.check_output([sys.executable, "-c", "import torch; print(torch.get_num_threads())"]))
-    monkeypatch.setattr(workers, "threads_each", lambda count, cores=None: threads)
+    monkeypatch.setattr(runner, "threads_each", lambda count, cores=None: threads)
     monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -218,7 +217,12 @@ def test_workers_beside_the_notebooks_train_the_same_runs(smoke_report, tmp_path
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     plain, beside = compare.result_lines(folder), compare.result_lines(tmp_path / "reports" / "smoke")
+    for _, line in plain + beside:  # a run's record keeps the settings of the job that trained it first: an FT
+        line["config"].pop("alphas")  # run's alphas (not in its key) are those of the notebook that asked first
     assert len(plain) > 40 and compare.differences(plain, beside) == []
+    raw = [json.loads(line) for f in (tmp_path / "reports" / "smoke" / "results").glob("*/results.jsonl")
+           for line in f.read_text().splitlines()]
+    assert {line["environment"]["cpu_threads"] for line in raw} == {threads}  # the kernels' and the workers'
 
 
 @pytest.mark.slow

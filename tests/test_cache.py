@@ -118,3 +118,29 @@ def test_two_jobs_wanting_one_entry_compute_it_once(tmp_path):
         w.join()
     assert len(calls) == 1
     assert len(results) == 2 and all(np.array_equal(r["features"], results[0]["features"]) for r in results)
+
+
+@pytest.mark.parametrize("held, says_waiting", [(0.05, False), (1.5, True)])
+def test_only_a_real_wait_says_waiting(tmp_path, capsys, held, says_waiting):
+    """A report's worker tests a run's lock by taking it for an instant (entry_busy): a notebook that meets the
+    lock then is not told it waits for another process. A lock held by a run in training is a real wait."""
+    import threading
+    import time
+    folder = tmp_path / "runs" / "ft-0123"
+    taken, release = threading.Event(), threading.Event()
+
+    def holder():
+        with cache.entry_lock(folder):
+            taken.set()
+            release.wait(held)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait(10)
+    capsys.readouterr()
+    started = time.monotonic()
+    with cache.entry_lock(folder):
+        waited = time.monotonic() - started
+    thread.join()
+    assert ("waiting for another process to finish ft-0123" in capsys.readouterr().out) == says_waiting
+    assert waited >= held - 0.05 - 0.01  # the lock was really held until the holder let go

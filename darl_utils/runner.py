@@ -232,9 +232,9 @@ def run_profile(profile: str, out_root: str | Path = "reports", progress: bool =
     order = run_order(notebooks, list(first))
     out = Path(out_root).resolve() / name  # notebooks run in the project root: give them absolute paths
     check_output_folder(out)
-    for name in ("DARL_DATA", "DARL_CACHE"):  # the kernels and workers inherit them, and run in the project root
-        if os.environ.get(name):
-            os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
+    for variable in ("DARL_DATA", "DARL_CACHE"):  # the kernels and workers inherit them, and run in the project root
+        if os.environ.get(variable):
+            os.environ[variable] = str(Path(os.environ[variable]).expanduser().resolve())
     spec = with_synthetic_assets(spec, out / "assets")
     resolved = resolve(spec, notebooks, out)  # everything checked before the first notebook starts
     preflight(resolved)

@@ -32,11 +32,14 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from . import distributed
 from .cache import entry_busy
 from .config import RunConfig, method_name
 from .dasa import source_config
 from .data import project_root
+from .pipeline import run_ft, run_lpft, summary_line
 from .plan import run_path
 
 MAX_JOBS = 64  # processes training at once; more than a node's GPUs and cores can feed
@@ -74,6 +77,7 @@ def choose(jobs: list[Job], ready) -> Job | None:
 
 
 def finished(kind: str, cfg: RunConfig) -> bool:
+    """The run's record is in the cache (written last, so the run is whole)."""
     return (run_path(kind, cfg) / "result.json").exists()
 
 
@@ -91,7 +95,6 @@ def worker_devices(count: int, gpus: list[str]) -> list[str | None]:
 
 def visible_gpus(device_setting: str) -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (none for device cpu)."""
-    import torch
     if device_setting == "cpu" or not torch.cuda.is_available():
         return []
     named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
@@ -265,9 +268,6 @@ def die_with_parent(parent: int) -> None:
 
 def serve(jobs, replies, threads: int) -> None:
     """The worker's loop: one run per job line, one reply line per run, until its input ends."""
-    import torch
-
-    from .pipeline import run_ft, run_lpft, summary_line
     torch.set_num_threads(threads)
     for line in jobs:
         job = json.loads(line)

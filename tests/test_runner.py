@@ -134,6 +134,7 @@ def smoke_report(tmp_path_factory):
 def test_smoke_profile_writes_every_page_and_the_index(smoke_report):
     folder, _ = smoke_report
     index = (folder / "index.html").read_text()
+    assert "<h1>darl-study report: profile smoke</h1>" in index  # the profile's name, not a variable's
     ran = [line.split(":")[0] for line in (folder.parents[1] / "report.log").read_text().splitlines()
            if line.endswith(" s)")]
     assert ran == [nb.name for nb in runner.run_order(runner.study_notebooks(), ["05"])], ran  # 05 first

@@ -25,7 +25,7 @@ from .modeling import BackboneError, check_backbone
 from .ood import COMBINATIONS, KNN_SEARCHES
 from .representations import REPRESENTATIONS
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
-from .training import TrainSettings
+from .training import PROBE_SELECTIONS, TrainSettings
 
 AUGMENTS = ("none", "dasa", "random", "oracle", "length_matched")
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
@@ -110,6 +110,9 @@ class RunConfig:
     lp_batch_size: int = setting(256, "LP: batch of feature vectors", within=">= 1", lpft_only=True)
     lp_patience: int = setting(10, "LP: stop after this many epochs without id_val gain", within=">= 0",
                                lpft_only=True)
+    lp_select: str = setting("loss", "LP: the epoch kept, the one with the lowest id_val cross-entropy (loss) or "
+                             "the best id_val macro_f1 (lets the MLP head memorise train: docs/measurements.md)",
+                             choices=PROBE_SELECTIONS, lpft_only=True)
     lpft_head_lr: float = setting(0.0, "LPFT's FT stage: learning rate of the probed head (0 = lr, as in LP-FT)",
                                   within="[0, 1)", lpft_only=True)
     alphas: list[float] = setting([i / 10 for i in range(11)], "LPFT: the interpolation coefficients evaluated; "

@@ -269,7 +269,7 @@ def linear_probe(model: RelevanceModel, ctx: Context) -> dict:
     folder = cache_dir() / "runs" / "lp-{}".format(cfg.key(
         "dataset", "data", "scheme", "csv_columns", "protocol", "held_out", "split_seed", "max_train_pairs",
         "max_eval_pairs", "backbone", "max_length", "dropout", "weight_decay", "seed", "lp_epochs", "lp_lr",
-        "lp_batch_size", "lp_patience", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"
+        "lp_batch_size", "lp_patience", "lp_select", extra=f"{data_fingerprint(cfg.data_path())}|{lp_loss!r}"
         + weights_tag(cfg.backbone)
         + (f"|{ctx.augmentation['folder']}" if ctx.augmentation else "")))
     model.to(ctx.runtime.device)
@@ -292,7 +292,7 @@ def _probe(model: RelevanceModel, ctx: Context, folder: Path, lp_loss) -> dict |
         feats = {p: pretrained_features(model, ctx, p) for p in ("train", "id_val")}
         if ctx.runtime.main:
             settings = ProbeSettings(cfg.lp_epochs, cfg.lp_batch_size, cfg.lp_lr, cfg.weight_decay,
-                                     cfg.lp_patience, cfg.seed)
+                                     cfg.lp_patience, cfg.seed, cfg.lp_select)
             fit = train_probe(model.head, feats["train"], ctx.encoded("train").labels, feats["id_val"],
                               ctx.encoded("id_val").labels, settings, lp_loss, ctx.runtime.device)
             fit["features_seconds"] = round(time.perf_counter() - extraction - fit["seconds"], 2)  # 0 when cached

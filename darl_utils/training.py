@@ -163,11 +163,13 @@ class BestKeeper:
     after `patience` epochs without gain (0 = never stops early)."""
 
     def __init__(self, patience: int):
-        self.patience, self.best, self.state, self.waited, self.logits = patience, -1.0, None, 0, None
+        self.patience, self.best, self.state, self.waited, self.logits = patience, -math.inf, None, 0, None
+        self.epoch, self.seen = -1, 0  # the kept epoch (0-based), and how many were scored
 
     def stop_after(self, score: float, module: torch.nn.Module, logits: np.ndarray | None = None) -> bool:
+        self.seen += 1
         if score > self.best:
-            self.best, self.waited, self.logits = score, 0, logits
+            self.best, self.waited, self.logits, self.epoch = score, 0, logits, self.seen - 1
             self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             return False
         self.waited += 1
@@ -361,18 +363,24 @@ class ProbeSettings:
     weight_decay: float = 0.01
     patience: int = 10
     seed: int = 0
+    select: str = "loss"  # the epoch kept: lowest id_val cross-entropy, or best id_val macro_f1
+
+
+PROBE_SELECTIONS = ("macro_f1", "loss")
 
 
 def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.ndarray, val_y,
                 settings: ProbeSettings, loss_fn=None, device: str | torch.device = "cpu") -> dict:
-    """LP: train only the head on cached backbone features; keep the epoch with the best id_val macro-F1.
-    Seconds, not minutes: no backbone pass at all."""
+    """LP: train only the head on cached backbone features; keep the epoch with the best id_val macro-F1, or with
+    the lowest id_val cross-entropy (settings.select). Seconds, not minutes: no backbone pass at all."""
+    if settings.select not in PROBE_SELECTIONS:
+        raise ValueError(f"probe selection {settings.select!r}: expected one of {PROBE_SELECTIONS}")
     loss_fn = (loss_fn or torch.nn.CrossEntropyLoss()).to(device)
     started = time.perf_counter()
     seed_everything(settings.seed)
     head.to(device)
     x, y = torch.as_tensor(train_x, device=device), torch.as_tensor(np.asarray(train_y), device=device)
-    vx = torch.as_tensor(val_x, device=device)
+    vx, vy = torch.as_tensor(val_x, device=device), torch.as_tensor(np.asarray(val_y), device=device)
     cuda = torch.device(device).type == "cuda"  # fused there: one kernel a step for the head's four tensors
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                                   fused=cuda or None)
@@ -390,15 +398,19 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
             losses.append(loss.detach())  # read back once per epoch, not per minibatch
         head.eval()
         with torch.no_grad():
-            val_pred = head(vx).argmax(1).cpu().numpy()
-        val_f1 = classification_metrics(val_y, val_pred)["macro_f1"]
-        history.append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "id_val_macro_f1": val_f1})
-        if keeper.stop_after(val_f1, head):
+            val_logits = head(vx).float()
+            val_loss = float(torch.nn.functional.cross_entropy(val_logits, vy))  # plain CE: the probe's fit
+        val_f1 = classification_metrics(val_y, val_logits.argmax(1).cpu().numpy())["macro_f1"]
+        history.append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "id_val_macro_f1": val_f1,
+                        "id_val_loss": val_loss})
+        if keeper.stop_after(val_f1 if settings.select == "macro_f1" else -val_loss, head):
             break
     keeper.restore(head)
     head.cpu()
-    return {"history": history, "best_id_val_macro_f1": keeper.best, "epochs_run": len(history),
-            "seconds": round(time.perf_counter() - started, 2)}
+    kept = history[keeper.epoch]
+    return {"history": history, "select": settings.select, "kept_epoch": keeper.epoch,
+            "best_id_val_macro_f1": kept["id_val_macro_f1"], "best_id_val_loss": kept["id_val_loss"],
+            "epochs_run": len(history), "seconds": round(time.perf_counter() - started, 2)}
 
 
 def parameter_checksum(model) -> float:

@@ -74,7 +74,8 @@ def test_not_a_number_and_infinity_are_refused(pairs_csv, tmp_path):
 
 def test_the_roles_declared_beside_the_fields():
     assert set(RUNNING) == {"progress", "reuse", "out_dir", "eval_batch_size"}
-    assert set(LPFT_ONLY) == {"lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lpft_head_lr", "alphas"}
+    assert set(LPFT_ONLY) == {"lp_epochs", "lp_lr", "lp_batch_size", "lp_patience", "lp_select", "lpft_head_lr",
+                              "alphas"}
     cfg = RunConfig(data="x.csv")
     assert cfg.key() == replace(cfg, progress=False, eval_batch_size=7, out_dir="elsewhere").key()
     assert cfg.key() != replace(cfg, lr=1e-4).key()

@@ -4,10 +4,12 @@ import runpy
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from darl_utils import pipeline
+from darl_utils.config import RunConfig
 from darl_utils.modeling import RelevanceModel
 from darl_utils.plan import planned_runs
 from darl_utils.runner import load_profile, with_synthetic_assets
@@ -96,6 +98,28 @@ def test_token_cache_reads_back_what_it_tokenised(pairs_csv, tiny_encoder, capsy
     assert [r["part"] for r in rows] == ["train", "id_val", "id_test", "ood_test"]
     assert all(r["pairs"] > 0 and min(r["tokenise_s"], r["write_s"], r["read_s"]) >= 0 for r in rows)
     assert "tokenise s" in capsys.readouterr().out
+
+
+def test_probe_selection_scores_each_probe_on_every_part(pairs_csv, tiny_encoder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DARL_CACHE", str(tmp_path / "cache"))
+    module = runpy.run_path(str(ROOT / "benchmarks" / "probe_selection.py"))
+    rows = module["main"](["--dataset", "csv", "--data", str(pairs_csv), "--backbone", tiny_encoder,
+                           "--max-length", "32"])
+    assert [r["probe"] for r in rows] == ["MLP head, kept by macro_f1", "MLP head, kept by loss",
+                                          "logistic regression (C=1)", "train prior"]
+    for row in rows[:2]:
+        assert 0 <= row["kept_epoch"] < row["epochs_run"]
+    # the head scored is the kept one: its id_val NLL is the one training recorded for that epoch
+    assert rows[1]["id_val"]["nll"] == pytest.approx(rows[1]["best_id_val_loss"], abs=1e-4)
+    counts = np.bincount(train_labels(pairs_csv, tiny_encoder))  # the prior's train NLL is their entropy
+    shares = counts[counts > 0] / counts.sum()
+    assert rows[3]["train"]["nll"] == pytest.approx(-(shares * np.log(shares)).sum(), abs=1e-9)
+    assert "kept by loss" in capsys.readouterr().out
+
+
+def train_labels(pairs_csv, tiny_encoder) -> np.ndarray:
+    cfg = RunConfig(dataset="csv", data=str(pairs_csv), backbone=tiny_encoder, max_length=32).validate()
+    return pipeline.sized_parts(pipeline.prepare_split(cfg), cfg)["train"]["label"].to_numpy()
 
 
 def count_backbone_samples(monkeypatch) -> dict[str, int]:

@@ -405,6 +405,9 @@ def train_probe(head: torch.nn.Module, train_x: np.ndarray, train_y, val_x: np.n
                         "id_val_loss": val_loss})
         if keeper.stop_after(val_f1 if settings.select == "macro_f1" else -val_loss, head):
             break
+    if keeper.state is None:  # every epoch's id_val loss was NaN: the probe diverged
+        raise ValueError(f"LP: the probe's id_val loss was not finite in any of {len(history)} epochs; "
+                         f"lower lp_lr (now {settings.lr:g})")
     keeper.restore(head)
     head.cpu()
     kept = history[keeper.epoch]

@@ -176,27 +176,38 @@ def test_probe_learns_separable_features():
     assert fit["epochs_run"] <= 30 and fit["history"][-1]["train_loss"] < fit["history"][0]["train_loss"]
 
 
-@pytest.mark.parametrize("select", ["macro_f1", "loss"])
-def test_probe_keeps_the_epoch_its_selection_names(select):
+def test_probe_keeps_the_epoch_its_selection_names():
     # weak signal and a wide head: train loss keeps falling while id_val's cross-entropy turns up (memorising)
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 700)
-    x = (rng.normal(size=(700, 24)) + 0.3 * np.eye(3, 24)[y]).astype(np.float32)
-    torch.manual_seed(0)
-    head = torch.nn.Sequential(torch.nn.Linear(24, 256), torch.nn.GELU(), torch.nn.Linear(256, 3))
-    fit = train_probe(head, x[:400], y[:400], x[400:], y[400:],
-                      ProbeSettings(epochs=40, patience=0, lr=1e-2, batch_size=32, select=select))
-    history = fit["history"]
-    losses, f1s = [h["id_val_loss"] for h in history], [h["id_val_macro_f1"] for h in history]
-    assert losses[-1] > min(losses) + 0.1  # the case the choice matters for
-    expected = losses.index(min(losses)) if select == "loss" else f1s.index(max(f1s))
-    assert fit["kept_epoch"] == expected and fit["select"] == select
-    assert fit["best_id_val_loss"] == losses[expected] and fit["best_id_val_macro_f1"] == f1s[expected]
-    with torch.no_grad():  # the head holds the kept epoch's weights
-        kept_loss = torch.nn.functional.cross_entropy(head(torch.from_numpy(x[400:])), torch.from_numpy(y[400:]))
-    assert float(kept_loss) == pytest.approx(losses[expected], abs=1e-5)
+    x = (rng.normal(size=(700, 24)) + 0.5 * np.eye(3, 24)[y]).astype(np.float32)
+    kept = {}
+    for select in ("macro_f1", "loss"):
+        torch.manual_seed(0)  # the same head and the same epochs for both rules
+        head = torch.nn.Sequential(torch.nn.Linear(24, 256), torch.nn.GELU(), torch.nn.Linear(256, 3))
+        fit = train_probe(head, x[:400], y[:400], x[400:], y[400:],
+                          ProbeSettings(epochs=40, patience=0, lr=1e-3, batch_size=32, select=select))
+        losses = [h["id_val_loss"] for h in fit["history"]]
+        f1s = [h["id_val_macro_f1"] for h in fit["history"]]
+        assert losses[-1] > min(losses) + 0.1  # the case the choice matters for
+        expected = losses.index(min(losses)) if select == "loss" else f1s.index(max(f1s))
+        assert fit["kept_epoch"] == expected and fit["select"] == select
+        assert fit["best_id_val_loss"] == losses[expected] and fit["best_id_val_macro_f1"] == f1s[expected]
+        with torch.no_grad():  # the head holds the kept epoch's weights
+            kept_loss = torch.nn.functional.cross_entropy(head(torch.from_numpy(x[400:])),
+                                                          torch.from_numpy(y[400:]))
+        assert float(kept_loss) == pytest.approx(losses[expected], abs=1e-5)
+        kept[select] = expected
+    assert kept["loss"] < kept["macro_f1"]  # here macro-F1 keeps a later, more memorised epoch
     with pytest.raises(ValueError, match="probe selection 'f1'"):
         train_probe(head, x[:400], y[:400], x[400:], y[400:], ProbeSettings(epochs=1, select="f1"))
+
+
+def test_probe_with_no_finite_id_val_loss_names_the_learning_rate():
+    x, y = np.full((20, 4), np.nan, dtype=np.float32), np.arange(20) % 3
+    head = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="lp_lr"):
+        train_probe(head, x, y, x, y, ProbeSettings(epochs=2, select="loss"))
 
 
 def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, tmp_path, monkeypatch):
@@ -238,6 +249,8 @@ def test_lpft_run_sweeps_alphas_and_reuses_what_it_can(pairs_csv, tiny_encoder, 
     monkeypatch.setattr(features_module, "predict_logits", lambda *a, **k: pytest.fail("features extracted twice"))
     other = pipeline.run_lpft(replace(cfg, lp_lr=3e-3, epochs=1))
     assert other["lp_fit"] != result["lp_fit"]
+    # so does the other selection rule (it is in the probe's cache key)
+    assert pipeline.run_lpft(replace(cfg, lp_select="macro_f1", epochs=1))["lp_fit"]["select"] == "macro_f1"
 
 
 def test_lpft_logits_read_off_features_and_training_equal_a_full_pass(pairs_csv, tiny_encoder, tmp_path):

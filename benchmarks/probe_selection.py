@@ -12,22 +12,23 @@ train; one whose id_val NLL exceeds the prior's has learnt nothing that carries 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, log_loss
 
 from darl_utils import pipeline
 from darl_utils.config import RunConfig
-from darl_utils.training import PROBE_SELECTIONS, ProbeSettings, train_probe
+from darl_utils.metrics import classification_metrics, confidence_metrics
+from darl_utils.training import PROBE_SELECTIONS, train_probe
 
 PARTS = ("train", "id_val", "id_test", "ood_test")
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    return {"macro_f1": f1_score(labels, probs.argmax(1), average="macro"),
-            "nll": log_loss(labels, probs, labels=[0, 1, 2])}
+    return {"macro_f1": classification_metrics(labels, probs.argmax(1))["macro_f1"],
+            "nll": confidence_metrics(probs, labels)["nll"]}
 
 
 def probe_row(name: str, probs_of, labels: dict, extra: dict | None = None) -> dict:
@@ -61,8 +62,7 @@ def main(argv=None) -> list[dict]:
     for select in PROBE_SELECTIONS:
         head = ctx.new_model().head  # the seed's fresh head, as linear_probe starts from
         fit = train_probe(head, features["train"], labels["train"], features["id_val"], labels["id_val"],
-                          ProbeSettings(cfg.lp_epochs, cfg.lp_batch_size, cfg.lp_lr, cfg.weight_decay,
-                                        cfg.lp_patience, cfg.seed, select))
+                          replace(cfg.probe_settings(), select=select))
         head.eval()
 
         def probs_of(part, head=head):

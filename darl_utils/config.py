@@ -25,7 +25,7 @@ from .modeling import BackboneError, check_backbone
 from .ood import COMBINATIONS, KNN_SEARCHES
 from .representations import REPRESENTATIONS
 from .splits import DEFAULT_PROTOCOL, PROTOCOLS, SplitConfig
-from .training import PROBE_SELECTIONS, TrainSettings
+from .training import PROBE_SELECTIONS, ProbeSettings, TrainSettings
 
 AUGMENTS = ("none", "dasa", "random", "oracle", "length_matched")
 CSV_OPTIONS = {"query", "item", "label", "group", "item_id", "sep", "encoding"}  # load_csv's options
@@ -171,6 +171,10 @@ class RunConfig:
     def train_settings(self) -> TrainSettings:
         names = {f.name for f in fields(TrainSettings)}
         return TrainSettings(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def probe_settings(self) -> ProbeSettings:
+        return ProbeSettings(self.lp_epochs, self.lp_batch_size, self.lp_lr, self.weight_decay, self.lp_patience,
+                             self.seed, self.lp_select)
 
     def key(self, *names: str, extra: str = "", exclude: tuple = ()) -> str:
         """A short hash of the named settings (when none: all but those that only steer the running, and

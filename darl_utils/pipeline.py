@@ -38,7 +38,6 @@ from .splits import Split, make_split, subsample
 from .tokens import cached_encoding, tokenizer_tag
 from .training import (
     Encoded,
-    ProbeSettings,
     Runtime,
     head_logits,
     parameter_checksum,
@@ -291,10 +290,8 @@ def _probe(model: RelevanceModel, ctx: Context, folder: Path, lp_loss) -> dict |
         extraction = time.perf_counter()
         feats = {p: pretrained_features(model, ctx, p) for p in ("train", "id_val")}
         if ctx.runtime.main:
-            settings = ProbeSettings(cfg.lp_epochs, cfg.lp_batch_size, cfg.lp_lr, cfg.weight_decay,
-                                     cfg.lp_patience, cfg.seed, cfg.lp_select)
             fit = train_probe(model.head, feats["train"], ctx.encoded("train").labels, feats["id_val"],
-                              ctx.encoded("id_val").labels, settings, lp_loss, ctx.runtime.device)
+                              ctx.encoded("id_val").labels, cfg.probe_settings(), lp_loss, ctx.runtime.device)
             fit["features_seconds"] = round(time.perf_counter() - extraction - fit["seconds"], 2)  # 0 when cached
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / "fit.json", lambda name: Path(name).write_text(json.dumps(fit)))

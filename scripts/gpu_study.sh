@@ -26,7 +26,7 @@
 # DARL_FIRST (the report's notebooks that run before the others, default 05_evaluation: it trains nearly every
 # model and gives the main table and every verdict, and the other notebooks then find their runs in the cache),
 # DARL_JOBS (the report's --jobs: processes training at once on the node, the notebooks' and DARL_JOBS - 1
-# workers; default 1).
+# workers; default 3 where a CUDA GPU is visible, which ran the full report in 365 s on one H200, else 1).
 #
 # A rerun in the same work folder resumes: the cache and the report's finished notebooks are kept, so a report
 # stopped at the time limit goes on where it stopped, and then the steps after it run (the same command twice
@@ -68,9 +68,9 @@ if [[ -n ${DARL_COMPILE:-} && $(basename "${PROFILE%.y*ml}") == smoke ]]; then
   echo "error: DARL_COMPILE: the smoke profile runs as it ships; set compile in a copy of it under another name" >&2
   exit 2
 fi
-JOBS=${DARL_JOBS:-1}
-if ! [[ $JOBS =~ ^[1-9][0-9]?$ ]] || (( JOBS > 64 )); then
-  echo "error: DARL_JOBS: '$JOBS' is not a number of processes from 1 to 64 (report --jobs)" >&2
+JOBS=${DARL_JOBS:-auto}  # auto: 3 with a CUDA GPU, else 1, decided once the venv can import torch (jobs_wanted)
+if [[ $JOBS != auto ]] && { ! [[ $JOBS =~ ^[1-9][0-9]?$ ]] || (( JOBS > 64 )); }; then
+  echo "error: DARL_JOBS: '$JOBS' is not a number of processes from 1 to 64 (report --jobs), nor auto" >&2
   exit 2
 fi
 if [[ ! -f $BUNDLE/MANIFEST.json ]]; then
@@ -275,9 +275,23 @@ benchmark() {
   fi
 }
 
+# jobs_wanted: DARL_JOBS, or for auto 3 on a CUDA GPU (one process leaves a GPU idle between its host-bound steps;
+# docs/measurements.md) and 1 on a CPU, whose cores the kernels already use
+jobs_wanted() {
+  if [[ $JOBS != auto ]]; then
+    echo "$JOBS"
+  elif "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo 3
+  else
+    echo 1
+  fi
+}
+
 report() {
   cd "$ROOT"
-  local profile=$PROFILE
+  local profile=$PROFILE jobs
+  jobs=$(jobs_wanted)
+  echo "report --jobs $jobs (DARL_JOBS=${DARL_JOBS:-auto})"
   if [[ $NAME != smoke ]]; then  # the bundle's MiniLM and data, unless the profile names its own
     profile=$("$PY" - "$PROFILE" "$WORK/$NAME.yaml" <<'EOF'
 import os, sys
@@ -300,7 +314,7 @@ EOF
     cat "$profile"
   fi
   # shellcheck disable=SC2086  # DARL_FIRST: several notebooks
-  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress --jobs "$JOBS" \
+  limited "$PY" -m darl_utils report --profile "$profile" --out "$WORK/reports" --no-progress --jobs "$jobs" \
     ${DARL_FIRST:+--first $DARL_FIRST}
 }
 

@@ -294,6 +294,8 @@ def test_gpu_study_runs_the_smoke_profile_on_an_emulated_offline_node(tmp_path, 
     assert steps == ["venv", "install", "kernel", "report", "gpu-tests", "benchmark", "pack"], run.stdout
     assert all(" ok (" in line for line in run.stdout.splitlines() if line.split(":")[0] in steps[:-1]), run.stdout
 
+    report_log = (tmp_path / "work" / "logs" / "report.log").read_text()
+    assert "report --jobs 2 (DARL_JOBS=2)" in report_log  # DARL_JOBS reached the report
     archive = tmp_path / "out" / "darl-gpu-smoke.tar.gz"
     assert archive.stat().st_size <= 16 * 2**20
     unpacked = tmp_path / "unpacked"

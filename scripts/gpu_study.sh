@@ -252,9 +252,14 @@ gpu_tests() {
   limited "$PY" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider --junitxml "$LOGS/gpu-tests.xml"
 }
 
+# cuda_visible: whether the venv's torch sees a CUDA GPU (the benchmarks' mode and DARL_JOBS=auto depend on it)
+cuda_visible() {
+  "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'
+}
+
 benchmark() {
   cd "$ROOT"
-  if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  if cuda_visible; then
     # one step of the full profile's batches, eager and compiled (whose widths round up to 8: 51 -> 56): how much
     # of it the GPU is busy (host-bound or GPU-bound), and what compiling changes
     local mode
@@ -280,7 +285,7 @@ benchmark() {
 jobs_wanted() {
   if [[ $JOBS != auto ]]; then
     echo "$JOBS"
-  elif "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  elif cuda_visible; then
     echo 3
   else
     echo 1
